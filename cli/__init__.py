@@ -1,0 +1,1 @@
+"""The command line: a thin layer that joins tinygraph, models and viz."""

@@ -1,0 +1,91 @@
+"""tinygraph: an explicit computation graph whose ops carry their own local backward.
+
+import tinygraph as tg
+x = tg.tensor([[1.0, 2.0]], requires_grad=True)
+loss = tg.tanh(x @ x.T).sum()
+loss.backward()          # the reverse walk of the recorded graph
+x.grad
+"""
+
+from tinygraph.backend import DEFAULT_DTYPE, DeviceError, get_array_module, get_device, set_device
+from tinygraph.errors import TinygraphError
+from tinygraph.functional import (
+    add,
+    concat,
+    div,
+    dropout,
+    embedding,
+    exp,
+    getitem,
+    linear,
+    log,
+    log_softmax,
+    matmul,
+    mean,
+    mul,
+    neg,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+    split,
+    stack,
+    sub,
+    sum,
+    tanh,
+    transpose,
+)
+from tinygraph.gradcheck import GradcheckResult, gradcheck, gradcheck_directional
+from tinygraph.graph import Graph, Node, is_grad_enabled, no_grad, scope
+from tinygraph.op import Op
+from tinygraph.random import manual_seed
+from tinygraph.tensor import Tensor, tensor
+
+__all__ = [
+    "DEFAULT_DTYPE",
+    "DeviceError",
+    "Graph",
+    "GradcheckResult",
+    "Node",
+    "Op",
+    "Tensor",
+    "TinygraphError",
+    "add",
+    "concat",
+    "div",
+    "dropout",
+    "embedding",
+    "exp",
+    "get_array_module",
+    "get_device",
+    "getitem",
+    "gradcheck",
+    "gradcheck_directional",
+    "is_grad_enabled",
+    "linear",
+    "log",
+    "log_softmax",
+    "manual_seed",
+    "matmul",
+    "mean",
+    "mul",
+    "neg",
+    "no_grad",
+    "pow",
+    "relu",
+    "reshape",
+    "scope",
+    "set_device",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "split",
+    "stack",
+    "sub",
+    "sum",
+    "tanh",
+    "tensor",
+    "transpose",
+]

@@ -1,0 +1,180 @@
+"""The explicit computation graph: nodes, scopes, and backpropagation as a reverse walk.
+
+Every op application with a gradient-carrying input records a :class:`Node`.  Nodes get a
+creation number; since an op's inputs always exist before its outputs, sorting the nodes
+reachable from the loss by that number, newest first, is a valid reverse topological order:
+the "tape" of the guide, built on demand so that graphs nobody calls backward on are freed
+by ordinary reference counting.  The walk is iterative, so a graph of any depth works.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tinygraph.op import Op
+    from tinygraph.tensor import Tensor
+
+_counter = itertools.count()
+_grad_enabled = True
+_scope: dict[str, Any] = {}
+
+
+class Node:
+    """One op application: the op (holding what its backward needs), inputs, metadata."""
+
+    __slots__ = ("op", "inputs", "seq", "name", "scope", "out_meta", "outputs", "out_grads")
+
+    def __init__(self, op: Op, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]):
+        self.op: Op | None = op
+        self.inputs = inputs
+        self.seq = next(_counter)
+        self.name = op.name
+        self.scope = _scope  # shared dict: the scope stack replaces, never mutates, it
+        self.out_meta = tuple((o.data.shape, o.data.dtype) for o in outputs)
+        self.outputs = tuple(weakref.ref(o) for o in outputs)
+        self.out_grads: list[Any] | None = None  # kept only with keep_graph=True
+
+    @property
+    def label(self) -> str:
+        """Op name plus the op's own detail (a weight name, an axis), for drawings."""
+        detail = self.op.describe() if self.op is not None else ""
+        return f"{self.name}({detail})" if detail else self.name
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(s) for s, _ in self.out_meta)
+        return f"<Node #{self.seq} {self.name} -> {shapes} {self.scope}>"
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextmanager
+def no_grad() -> Iterator[None]:
+    """Build no graph inside (inference, sampling): memory stays flat."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+@contextmanager
+def scope(**tags: Any) -> Iterator[None]:
+    """Tag every node made inside, e.g. ``scope(cell="lstm", layer=0, t=3, part="gates")``.
+
+    Scopes nest; inner tags override outer ones of the same name.
+    """
+    global _scope
+    previous = _scope
+    _scope = {**previous, **tags}
+    try:
+        yield
+    finally:
+        _scope = previous
+
+
+def current_scope() -> dict[str, Any]:
+    return _scope
+
+
+def reachable_nodes(root: Tensor) -> list[Node]:
+    """The nodes ``root`` depends on, oldest first (iterative: no recursion limit)."""
+    if root.creator is None:
+        return []
+    seen = {id(root.creator)}
+    stack = [root.creator]
+    nodes = []
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        for x in node.inputs:
+            c = x.creator
+            if c is not None and id(c) not in seen:
+                seen.add(id(c))
+                stack.append(c)
+    nodes.sort(key=lambda n: n.seq)
+    return nodes
+
+
+def _zeros(meta: tuple[tuple[int, ...], Any], like: Any) -> Any:
+    from tinygraph.backend import get_array_module
+
+    return get_array_module(like).zeros(meta[0], dtype=meta[1])
+
+
+def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
+    """Backpropagate ``grad`` (dL/droot) through the graph behind ``root``.
+
+    Gradients of leaves that require them accumulate into ``.grad``.  Without
+    ``keep_graph`` every visited node drops its op (and with it the saved arrays) and its
+    inputs, so memory is returned as the walk proceeds.
+    """
+    if root.creator is None:
+        if root.requires_grad:
+            root.grad = grad if root.grad is None else root.grad + grad
+        return
+    nodes = reachable_nodes(root)
+    pending: dict[int, list[Any]] = {id(root.creator): [None] * len(root.creator.out_meta)}
+    pending[id(root.creator)][root.index] = grad
+    for node in reversed(nodes):
+        gys = pending.pop(id(node), None)
+        if gys is None:
+            continue  # no gradient reached this node
+        op = node.op
+        if op is None:
+            raise RuntimeError(
+                "this graph was already released by an earlier backward(); pass keep_graph=True to walk it again"
+            )
+        if len(gys) > 1 and any(g is None for g in gys):
+            ref = next(g for g in gys if g is not None)
+            gys = [_zeros(m, ref) if g is None else g for g, m in zip(gys, node.out_meta)]
+        gxs = op.backward(*gys)
+        if not isinstance(gxs, tuple):
+            gxs = (gxs,)
+        for x, gx in zip(node.inputs, gxs):
+            if gx is None or not x.requires_grad:
+                continue
+            c = x.creator
+            if c is None:
+                # out of place: an op may hand the same array to several inputs
+                x.grad = gx if x.grad is None else x.grad + gx
+                continue
+            slot = pending.get(id(c))
+            if slot is None:
+                slot = pending[id(c)] = [None] * len(c.out_meta)
+            old = slot[x.index]
+            slot[x.index] = gx if old is None else old + gx
+        if keep_graph:
+            node.out_grads = list(gys)
+        else:
+            node.op = None
+            node.inputs = ()
+
+
+@dataclass
+class Graph:
+    """A kept graph for inspection: nodes oldest first, edges, and the leaves feeding it."""
+
+    nodes: list[Node]
+    edges: list[tuple[Node, Node, int]] = field(default_factory=list)  # (producer, consumer, input slot)
+    leaves: list[tuple[Tensor, Node, int]] = field(default_factory=list)  # (leaf, consumer, input slot)
+
+    @classmethod
+    def of(cls, root: Tensor) -> Graph:
+        nodes = reachable_nodes(root)
+        graph = cls(nodes)
+        for node in nodes:
+            for slot, x in enumerate(node.inputs):
+                if x.creator is not None:
+                    graph.edges.append((x.creator, node, slot))
+                else:
+                    graph.leaves.append((x, node, slot))
+        return graph

@@ -1,0 +1,1 @@
+"""Op classes, one local forward/backward each; ``tinygraph.functional`` wraps them."""

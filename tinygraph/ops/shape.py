@@ -1,0 +1,115 @@
+"""Ops that move elements without arithmetic: reshape, transpose, index, concat, stack, split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tinygraph.backend import get_array_module
+from tinygraph.op import Op
+from tinygraph.ops._util import scatter_add
+
+
+class Reshape(Op):
+    name = "reshape"
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+    def describe(self) -> str:
+        return str(self.shape)
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape = x.shape
+        return x.reshape(self.shape)
+
+    def backward(self, gy: Any) -> Any:
+        return gy.reshape(self.in_shape)
+
+
+class Transpose(Op):
+    name = "transpose"
+
+    def __init__(self, axes: tuple[int, ...] | None = None):
+        self.axes = None if axes is None else tuple(axes)
+
+    def forward(self, x: Any) -> Any:
+        return x.transpose(self.axes)
+
+    def backward(self, gy: Any) -> Any:
+        if self.axes is None:
+            return gy.transpose()
+        return gy.transpose(tuple(np.argsort(self.axes)))
+
+
+def _is_basic(index: Any) -> bool:
+    """Basic indexing (ints, slices, None, ...) picks each element at most once."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, (int, slice, type(None), type(Ellipsis))) for p in parts)
+
+
+class GetItem(Op):
+    name = "getitem"
+
+    def __init__(self, index: Any):
+        self.index = index
+
+    def describe(self) -> str:
+        return str(self.index) if _is_basic(self.index) else "..."
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape, self.dtype = x.shape, x.dtype
+        return x[self.index]
+
+    def backward(self, gy: Any) -> Any:
+        gx = get_array_module(gy).zeros(self.in_shape, dtype=gy.dtype)
+        if _is_basic(self.index):
+            gx[self.index] = gy
+        else:  # advanced indexing may repeat an element: its gradients add up
+            scatter_add(gx, self.index, gy)
+        return gx
+
+
+class Concat(Op):
+    name = "concat"
+
+    def __init__(self, axis: int = 0):
+        self.axis = axis
+
+    def forward(self, *xs: Any) -> Any:
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return get_array_module(*xs).concatenate(xs, axis=self.axis)
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        bounds = np.cumsum(self.sizes)[:-1]
+        return tuple(get_array_module(gy).split(gy, bounds, axis=self.axis))
+
+
+class Stack(Op):
+    name = "stack"
+
+    def __init__(self, axis: int = 0):
+        self.axis = axis
+
+    def forward(self, *xs: Any) -> Any:
+        return get_array_module(*xs).stack(xs, axis=self.axis)
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        xp = get_array_module(gy)
+        return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
+
+
+class Split(Op):
+    """Several outputs: pieces along ``axis`` (a section count or split points, as NumPy)."""
+
+    name = "split"
+
+    def __init__(self, indices_or_sections: Any, axis: int = 0):
+        self.sections, self.axis = indices_or_sections, axis
+
+    def forward(self, x: Any) -> tuple[Any, ...]:
+        return tuple(get_array_module(x).split(x, self.sections, axis=self.axis))
+
+    def backward(self, *gys: Any) -> Any:
+        return get_array_module(*gys).concatenate(gys, axis=self.axis)
