@@ -7,7 +7,9 @@ loss.backward()          # the reverse walk of the recorded graph
 x.grad
 """
 
+from tinygraph import checkpoint, init, optim, schedules  # submodules: tg.optim, tg.init, ...
 from tinygraph.backend import DEFAULT_DTYPE, DeviceError, get_array_module, get_device, set_device
+from tinygraph.checkpoint import CheckpointError
 from tinygraph.errors import TinygraphError
 from tinygraph.functional import (
     add,
@@ -44,6 +46,7 @@ from tinygraph.random import manual_seed
 from tinygraph.tensor import Tensor, tensor
 
 __all__ = [
+    "CheckpointError",
     "DEFAULT_DTYPE",
     "DeviceError",
     "Graph",
@@ -53,6 +56,7 @@ __all__ = [
     "Tensor",
     "TinygraphError",
     "add",
+    "checkpoint",
     "concat",
     "div",
     "dropout",
@@ -63,6 +67,7 @@ __all__ = [
     "getitem",
     "gradcheck",
     "gradcheck_directional",
+    "init",
     "is_grad_enabled",
     "linear",
     "log",
@@ -73,10 +78,12 @@ __all__ = [
     "mul",
     "neg",
     "no_grad",
+    "optim",
     "pow",
     "relu",
     "reshape",
     "scope",
+    "schedules",
     "set_device",
     "sigmoid",
     "softmax",

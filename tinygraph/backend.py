@@ -43,19 +43,30 @@ def _load_cupy() -> ModuleType:
     return _cupy
 
 
+def _check_name(device: Any) -> str:
+    name = device.strip().lower() if isinstance(device, str) else device
+    if name not in ("cpu", "gpu"):
+        raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'gpu'")
+    return name
+
+
 def set_device(device: str) -> None:
     """Choose where new arrays live: 'cpu' (NumPy) or 'gpu' (CuPy)."""
     global _device
-    if device not in ("cpu", "gpu"):
-        raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'gpu'")
+    device = _check_name(device)
     if device == "gpu":
         _load_cupy()
     _device = device
 
 
 def get_device() -> str:
+    """The default device; TINYGRAPH_DEVICE is read here, the first time it is needed (not at import)."""
     if _device is None:
-        set_device(os.environ.get("TINYGRAPH_DEVICE", "").strip().lower() or "cpu")
+        env = os.environ.get("TINYGRAPH_DEVICE", "").strip()
+        try:
+            set_device(env or "cpu")
+        except DeviceError as exc:
+            raise DeviceError(f"TINYGRAPH_DEVICE={env}: {exc}") from exc
     return _device  # type: ignore[return-value]
 
 
@@ -77,6 +88,11 @@ def is_gpu_array(a: Any) -> bool:
     return _cupy is not None and isinstance(a, _cupy.ndarray)
 
 
+def device_of(a: Any) -> str:
+    """'gpu' for a CuPy array, 'cpu' for anything else."""
+    return "gpu" if is_gpu_array(a) else "cpu"
+
+
 def to_numpy(a: Any) -> np.ndarray:
     """A host copy (or the array itself when it already lives on the host)."""
     if is_gpu_array(a):
@@ -86,7 +102,7 @@ def to_numpy(a: Any) -> np.ndarray:
 
 def to_device(a: Any, device: str | None = None) -> Any:
     """Move an array to ``device`` (default: the current default device)."""
-    device = device or get_device()
+    device = get_device() if device is None else _check_name(device)
     if device == "gpu":
         return _load_cupy().asarray(a)
     return to_numpy(a)

@@ -86,8 +86,11 @@ def transpose(x: Like, axes: Sequence[int] | None = None) -> Tensor:
 
 
 def getitem(x: Like, index: Any) -> Tensor:
+    """x[index] with NumPy's rules; integer-array indices may repeat (their gradients add up)."""
     if isinstance(index, Tensor):
         index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
     return GetItem(index)(x)
 
 
@@ -127,6 +130,8 @@ def embedding(ids: Any, weight: Like) -> Tensor:
 
 def dropout(x: Like, p: float, training: bool = True, rng: Any = None) -> Tensor:
     """Inverted dropout; the identity when not training or p == 0."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), not {p}")
     if not training or p == 0.0:
         return x if isinstance(x, Tensor) else Tensor(x)
     return Dropout(p, rng if rng is not None else _random.get_rng())(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,10 @@ class GradcheckResult:
 
     @property
     def worst(self) -> float:
-        return max((e for e in self.errors if e is not None), default=0.0)
+        checked = [e for e in self.errors if e is not None]
+        if any(math.isnan(e) for e in checked):  # a NaN anywhere is the worst (max() would skip it by position)
+            return float("nan")
+        return max(checked, default=0.0)
 
     @property
     def ok(self) -> bool:
@@ -44,7 +48,9 @@ def _prepare(inputs: Sequence[Any]) -> list[Tensor]:
         a = x.data if isinstance(x, Tensor) else x
         a = xp.asarray(backend.to_device(a) if xp is not np else backend.to_numpy(a))
         if a.dtype.kind == "f":
-            out.append(Tensor(a.astype(xp.float64), requires_grad=True))
+            # a C-ordered copy: the check perturbs it through a flat view (a transposed input
+            # would otherwise be perturbed in a temporary copy, and the user's array never)
+            out.append(Tensor(xp.array(a, dtype=xp.float64, order="C", copy=True), requires_grad=True))
         else:
             out.append(Tensor(a))
     return out
@@ -95,8 +101,11 @@ def gradcheck(
             if not x.requires_grad:
                 errors.append(None)
                 continue
-            analytic = x.data * 0 if g is None else g  # None: the output does not depend on x
-            numeric = x.data * 0
+            xp = backend.get_array_module(x.data)
+            analytic = xp.zeros_like(x.data) if g is None else g  # None: the output does not depend on x
+            # zeros_like, not x * 0: NumPy turns 0-d arithmetic into a scalar, and writes through
+            # the flat view below would then be lost
+            numeric = xp.zeros_like(x.data)
             flat, num = x.data.reshape(-1), numeric.reshape(-1)
             for i in range(flat.size):
                 old = float(flat[i])

@@ -16,9 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from tinygraph.errors import TinygraphError
+
 if TYPE_CHECKING:
     from tinygraph.op import Op
     from tinygraph.tensor import Tensor
+
+
+class GraphError(TinygraphError, RuntimeError):
+    """A misuse of the graph: backward twice over a released graph, a gradient of the wrong shape, ..."""
+
 
 _counter = itertools.count()
 _grad_enabled = True
@@ -110,6 +119,30 @@ def _zeros(meta: tuple[tuple[int, ...], Any], like: Any) -> Any:
     return get_array_module(like).zeros(meta[0], dtype=meta[1])
 
 
+def _add(a: Any, b: Any) -> Any:
+    """a + b out of place (either may be shared), kept an array when both are 0-d."""
+    s = a + b
+    return np.asarray(s) if isinstance(s, np.generic) else s
+
+
+def _fit_grad(node: Node, slot: int, x: Tensor, gx: Any) -> Any:
+    """Check an op's gradient against its input and give it the input's dtype.
+
+    A wrong shape is a bug in the op's backward: it is named here instead of surfacing as a
+    broadcasting error (or silently wrong numbers) far away.  A dtype drift (a float64 constant
+    in a float32 graph) is cast back, so a parameter's grad always has the parameter's dtype.
+    """
+    if isinstance(gx, np.generic):  # NumPy reductions of 0-d arrays give scalars, not arrays
+        gx = np.asarray(gx)
+    if gx.shape != x.data.shape:
+        raise RuntimeError(
+            f"{node.name}.backward returned a gradient of shape {gx.shape} for input {slot} of shape {x.data.shape}"
+        )
+    if gx.dtype != x.data.dtype and x.data.dtype.kind == "f":
+        gx = gx.astype(x.data.dtype)
+    return gx
+
+
 def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
     """Backpropagate ``grad`` (dL/droot) through the graph behind ``root``.
 
@@ -119,7 +152,7 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
     """
     if root.creator is None:
         if root.requires_grad:
-            root.grad = grad if root.grad is None else root.grad + grad
+            root.grad = grad if root.grad is None else _add(root.grad, grad)
         return
     nodes = reachable_nodes(root)
     pending: dict[int, list[Any]] = {id(root.creator): [None] * len(root.creator.out_meta)}
@@ -130,7 +163,7 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
             continue  # no gradient reached this node
         op = node.op
         if op is None:
-            raise RuntimeError(
+            raise GraphError(
                 "this graph was already released by an earlier backward(); pass keep_graph=True to walk it again"
             )
         if len(gys) > 1 and any(g is None for g in gys):
@@ -139,19 +172,22 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
         gxs = op.backward(*gys)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
-        for x, gx in zip(node.inputs, gxs):
-            if gx is None or not x.requires_grad:
+        if len(gxs) != len(node.inputs):
+            raise RuntimeError(f"{node.name}.backward returned {len(gxs)} gradients for {len(node.inputs)} inputs")
+        for slot_index, (x, raw) in enumerate(zip(node.inputs, gxs)):
+            if raw is None or not x.requires_grad:
                 continue
+            gx = _fit_grad(node, slot_index, x, raw)
             c = x.creator
             if c is None:
                 # out of place: an op may hand the same array to several inputs
-                x.grad = gx if x.grad is None else x.grad + gx
+                x.grad = gx if x.grad is None else _add(x.grad, gx)
                 continue
             slot = pending.get(id(c))
             if slot is None:
                 slot = pending[id(c)] = [None] * len(c.out_meta)
             old = slot[x.index]
-            slot[x.index] = gx if old is None else old + gx
+            slot[x.index] = gx if old is None else _add(old, gx)
         if keep_graph:
             node.out_grads = list(gys)
         else:

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tinygraph import graph
 from tinygraph.tensor import Tensor, as_tensor
+
+
+def _array(y: Any) -> Any:
+    # NumPy gives a scalar, not a 0-d array, for arithmetic on 0-d arrays; a tensor's .data
+    # is always an array (writable, with .flags), so in-place updates work on it
+    return np.asarray(y) if isinstance(y, np.generic) else y
 
 
 class Op:
@@ -35,9 +43,9 @@ class Op:
         self.needs_input_grad = tuple(t.requires_grad for t in ts) if record else (False,) * len(ts)
         ys = self.forward(*(t.data for t in ts))
         if isinstance(ys, tuple):
-            outs = tuple(Tensor(y, requires_grad=record) for y in ys)
+            outs = tuple(Tensor(_array(y), requires_grad=record) for y in ys)
         else:
-            outs = (Tensor(ys, requires_grad=record),)
+            outs = (Tensor(_array(ys), requires_grad=record),)
         if record:
             node = graph.Node(self, ts, outs)
             for i, o in enumerate(outs):

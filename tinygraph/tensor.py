@@ -56,13 +56,24 @@ class Tensor:
     def backward(self, grad: Any = None, keep_graph: bool = False) -> None:
         """dL/dself = ``grad`` (ones for a scalar loss); walk the graph behind self."""
         if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad")
+            raise graph.GraphError(
+                "backward() on a tensor that does not require grad (made under no_grad, or a constant)"
+            )
+        xp = backend.get_array_module(self.data)
         if grad is None:
             if self.data.size != 1:
-                raise RuntimeError("backward() without a gradient needs a one-element tensor")
-            grad = backend.get_array_module(self.data).ones_like(self.data)
-        elif isinstance(grad, Tensor):
-            grad = grad.data
+                raise graph.GraphError(
+                    f"backward() without a gradient needs a one-element tensor, not shape {self.shape}: "
+                    "reduce it to a scalar loss first or pass grad="
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            grad = xp.asarray(backend.to_device(grad, backend.device_of(self.data)), dtype=self.data.dtype)
+            if grad.shape != self.shape:
+                raise graph.GraphError(
+                    f"backward() got a gradient of shape {grad.shape} for a tensor of shape {self.shape}"
+                )
         graph.run_backward(self, grad, keep_graph=keep_graph)
 
     def detach(self) -> Tensor:
@@ -171,7 +182,10 @@ def as_tensor(x: Any, like: Tensor | None = None) -> Tensor:
         return x
     if like is not None:
         xp = backend.get_array_module(like.data)
-        if isinstance(x, (int, float)):
+        kind = like.data.dtype.kind
+        # a Python scalar is "weak" (NumPy 2's rule): it takes the tensor's dtype unless that
+        # would truncate it (int tensor * 0.5 is a float, as in NumPy)
+        if isinstance(x, (int, float)) and (kind in "fc" or (kind in "iu" and isinstance(x, int))):
             return Tensor(xp.asarray(x, dtype=like.data.dtype))
         return Tensor(xp.asarray(x))
     if hasattr(x, "dtype"):

@@ -29,10 +29,21 @@ def scatter_add(target: Any, index: Any, values: Any) -> None:
         cupyx.scatter_add(target, index, values)
 
 
+def index_for(xp: Any, index: Any) -> Any:
+    """``index`` with its lists and host arrays moved to ``xp`` (CuPy wants device index arrays)."""
+    if xp is np:
+        return index
+    if isinstance(index, tuple):
+        return tuple(index_for(xp, p) for p in index)
+    if isinstance(index, (list, np.ndarray)):
+        return xp.asarray(index)
+    return index
+
+
 def sigmoid(x: Any, out: Any = None) -> Any:
     """Overflow-free logistic: 0.5 * tanh(0.5 x) + 0.5."""
     xp = get_array_module(x)
-    y = xp.multiply(x, 0.5, out=out)
+    y = xp.asarray(xp.multiply(x, 0.5, out=out))  # asarray: a 0-d x gives a NumPy scalar, not an array
     xp.tanh(y, out=y)
     y *= 0.5
     y += 0.5

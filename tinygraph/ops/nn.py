@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinygraph.backend import get_array_module
+import numpy as np
+
+from tinygraph.backend import get_array_module, is_gpu_array
 from tinygraph.op import Op
 from tinygraph.ops._util import scatter_add
 
@@ -13,6 +15,22 @@ def _log_softmax(x: Any, axis: int) -> Any:
     xp = get_array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)  # exp never overflows
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _check_ids(ids: Any, n: int, what: str) -> None:
+    """Integer ids in [0, n): a negative id would silently wrap to the end of the table.
+
+    The range is checked only for host arrays and Python data (a device array would cost a sync).
+    """
+    if is_gpu_array(ids):
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"{what}s must be integers, not {ids.dtype}")
+        return
+    a = np.asarray(ids)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{what}s must be integers, not {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise ValueError(f"{what} out of range: got values in [{a.min()}, {a.max()}], valid is [0, {n - 1}]")
 
 
 class Softmax(Op):
@@ -62,9 +80,13 @@ class SoftmaxCrossEntropy(Op):
     def forward(self, logits: Any) -> Any:
         xp = get_array_module(logits)
         c = logits.shape[-1]
-        t = xp.asarray(self.targets).reshape(-1)
-        if t.shape[0] * c != logits.size:
-            raise ValueError(f"targets {xp.asarray(self.targets).shape} do not match logits {logits.shape}")
+        targets = xp.asarray(self.targets)
+        # targets shaped like the logits without the class axis; for 2-D (N, C) logits any
+        # targets of N ids (the caller flattened both in the same order)
+        if targets.shape != logits.shape[:-1] and not (logits.ndim == 2 and targets.size == logits.shape[0]):
+            raise ValueError(f"targets of shape {targets.shape} do not match logits of shape {logits.shape}")
+        _check_ids(self.targets, c, "target")
+        t = targets.reshape(-1)
         logp = _log_softmax(logits.reshape(-1, c), axis=1)
         self.rows, self.t, self.shape = xp.arange(t.shape[0]), t, logits.shape
         picked = logp[self.rows, t]
@@ -92,6 +114,8 @@ class Embedding(Op):
 
     def forward(self, w: Any) -> Any:
         self.w_shape = w.shape
+        _check_ids(self.ids, w.shape[0], "embedding id")
+        self.ids = get_array_module(w).asarray(self.ids)
         return w[self.ids]
 
     def backward(self, gy: Any) -> Any:

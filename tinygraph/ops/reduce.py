@@ -19,7 +19,8 @@ class Sum(Op):
     name = "sum"
 
     def __init__(self, axis: Any = None, keepdims: bool = False):
-        self.axis, self.keepdims = axis, keepdims
+        self.axis = tuple(axis) if isinstance(axis, list) else axis  # NumPy wants a tuple of axes
+        self.keepdims = keepdims
 
     def describe(self) -> str:
         return "" if self.axis is None else f"axis={self.axis}"

@@ -8,7 +8,7 @@ import numpy as np
 
 from tinygraph.backend import get_array_module
 from tinygraph.op import Op
-from tinygraph.ops._util import scatter_add
+from tinygraph.ops._util import index_for, scatter_add
 
 
 class Reshape(Op):
@@ -35,18 +35,30 @@ class Transpose(Op):
         self.axes = None if axes is None else tuple(axes)
 
     def forward(self, x: Any) -> Any:
+        if self.axes is not None:
+            # normalise negative axes before inverting the permutation (argsort of (0, -1, 1) is wrong)
+            self.inverse = tuple(int(i) for i in np.argsort([a % x.ndim for a in self.axes]))
         return x.transpose(self.axes)
 
     def backward(self, gy: Any) -> Any:
         if self.axes is None:
             return gy.transpose()
-        return gy.transpose(tuple(np.argsort(self.axes)))
+        return gy.transpose(self.inverse)
+
+
+_BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
 
 
 def _is_basic(index: Any) -> bool:
     """Basic indexing (ints, slices, None, ...) picks each element at most once."""
     parts = index if isinstance(index, tuple) else (index,)
-    return all(isinstance(p, (int, slice, type(None), type(Ellipsis))) for p in parts)
+    return all(isinstance(p, _BASIC) for p in parts)
+
+
+def _picks_once(index: Any) -> bool:
+    """True when no element can be picked twice: basic parts and boolean masks only."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, _BASIC) or getattr(getattr(p, "dtype", None), "kind", "") == "b" for p in parts)
 
 
 class GetItem(Op):
@@ -60,13 +72,14 @@ class GetItem(Op):
 
     def forward(self, x: Any) -> Any:
         self.in_shape, self.dtype = x.shape, x.dtype
+        self.index = index_for(get_array_module(x), self.index)
         return x[self.index]
 
     def backward(self, gy: Any) -> Any:
         gx = get_array_module(gy).zeros(self.in_shape, dtype=gy.dtype)
-        if _is_basic(self.index):
+        if _picks_once(self.index):
             gx[self.index] = gy
-        else:  # advanced indexing may repeat an element: its gradients add up
+        else:  # integer-array indexing may repeat an element: its gradients add up
             scatter_add(gx, self.index, gy)
         return gx
 

@@ -1,0 +1,1 @@
+"""Corpus preparation: fetches the default training text; downloaded corpora live here, git-ignored."""
