@@ -1,0 +1,200 @@
+"""Recurrent layers unrolled into an explicit time graph: RNN, LSTM, CIFG-LSTM, GRU.
+
+``layer(x, state)`` takes batch-first x (B, T, I) and returns (outputs (B, T, H), state) with the
+state shaped as PyTorch's: h (num_layers, B, H), or (h, c) for LSTM and CIFG.  Parameters are named
+and shaped as in torch.nn.RNN/LSTM/GRU (``weight_ih_l0`` (G*H, I), ``weight_hh_l0`` (G*H, H),
+``bias_ih_l0``, ``bias_hh_l0``), so weights move between the two as plain arrays.
+
+Each layer of the stack is unrolled time-major: the input projection of all T steps is one
+linear op outside the loop, then one group of nodes per step, tagged ``scope(cell, layer, t)``:
+a single fused step op (``fused=True``, models.cells) or the cell written out in primitive ops
+(``fused=False``, models.primitive_cells), whose nodes also carry the gate as ``part``.
+Backpropagation through time is the reverse walk of that graph; nothing here runs it by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tinygraph as tg
+from models import cells, primitive_cells
+from models.module import Module
+from tinygraph import backend, init
+
+State = Any  # h, or (h, c): tensors of shape (num_layers, B, H)
+
+
+class Recurrent(Module):
+    cell: str = ""  # "rnn", "lstm", "cifg", "gru": the scope tag and the name in drawings
+    gates: int = 1
+    has_cell_state = False
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, fused: bool = True
+    ):
+        super().__init__()
+        for what, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{type(self).__name__} {what} must be a positive integer, not {v!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), not {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout, self.fused = dropout, fused
+        bound = 1.0 / math.sqrt(hidden_size)  # torch's default: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
+        rows = self.gates * hidden_size
+        for k in range(num_layers):
+            cols = input_size if k == 0 else hidden_size
+            for name, shape in (
+                (f"weight_ih_l{k}", (rows, cols)),
+                (f"weight_hh_l{k}", (rows, hidden_size)),
+                (f"bias_ih_l{k}", (rows,)),
+                (f"bias_hh_l{k}", (rows,)),
+            ):
+                self.add_parameter(name, init.uniform(shape, -bound, bound))
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def weights(self, k: int) -> tuple[tg.Tensor, ...]:
+        p = self._params
+        return p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"], p[f"bias_ih_l{k}"], p[f"bias_hh_l{k}"]
+
+    def forward(self, x: tg.Tensor, state: State = None) -> tuple[tg.Tensor, State]:
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__} expects input (batch, time, {self.input_size}), got shape {tuple(x.shape)}"
+            )
+        out, state = self.unroll(tg.transpose(x, (1, 0, 2)), state)
+        return tg.transpose(out, (1, 0, 2)), state
+
+    def unroll(self, x: tg.Tensor, state: State = None) -> tuple[tg.Tensor, State]:
+        """Time-major x (T, B, I) -> outputs (T, B, H) and the final state."""
+        h0, c0 = self._initial_state(x, state)
+        finals_h, finals_c = [], []
+        for k in range(self.num_layers):
+            with tg.scope(cell=self.cell, layer=k):
+                hk = h0[k] if h0 is not None else None
+                ck = c0[k] if c0 is not None else None
+                x, h, c = self._unroll_layer(k, x, hk, ck)
+            finals_h.append(h)
+            finals_c.append(c)
+            if self.dropout and k < self.num_layers - 1:
+                x = tg.dropout(x, self.dropout, training=self.training)
+        h = tg.stack(finals_h)
+        return x, ((h, tg.stack(finals_c)) if self.has_cell_state else h)
+
+    def _initial_state(self, x: tg.Tensor, state: State) -> tuple[Any, Any]:
+        shape = (self.num_layers, x.shape[1], self.hidden_size)
+        if state is None:
+            return None, None
+        parts = state if self.has_cell_state else (state,)
+        if not isinstance(parts, (tuple, list)) or len(parts) != (2 if self.has_cell_state else 1):
+            raise ValueError(f"{type(self).__name__} state must be {'(h, c)' if self.has_cell_state else 'h'}")
+        for p in parts:
+            if tuple(p.shape) != shape:
+                raise ValueError(f"{type(self).__name__} state of shape {tuple(p.shape)}, expected {shape}")
+        h0 = tg.tensor(parts[0]) if not isinstance(parts[0], tg.Tensor) else parts[0]
+        c0 = None
+        if self.has_cell_state:
+            c0 = tg.tensor(parts[1]) if not isinstance(parts[1], tg.Tensor) else parts[1]
+        return h0, c0
+
+    def _zeros(self, x: tg.Tensor) -> tg.Tensor:
+        xp = backend.get_array_module(x.data)
+        return tg.Tensor(xp.zeros((x.shape[1], self.hidden_size), dtype=x.dtype))
+
+    def _unroll_layer(self, k: int, x: tg.Tensor, h: Any, c: Any) -> tuple[tg.Tensor, tg.Tensor, Any]:
+        """One layer over all steps: (outputs (T, B, H), final h, final c or None)."""
+        w_ih, w_hh, b_ih, b_hh = self.weights(k)
+        h = self._zeros(x) if h is None else h
+        if self.has_cell_state:
+            c = self._zeros(x) if c is None else c
+        # torch adds b_ih and b_hh separately; where both only shift the pre-activation they are summed once
+        bias = b_ih if self.cell == "gru" else b_ih + b_hh
+        with tg.scope(part="input projection"):
+            xproj = tg.linear(x, w_ih, bias)
+        outputs = (
+            self._steps_fused(xproj, h, c, w_hh, b_hh) if self.fused else self._steps_primitive(xproj, h, c, w_hh, b_hh)
+        )
+        hs, h, c = outputs
+        return tg.stack(hs), h, c
+
+    def _steps_fused(self, xproj: tg.Tensor, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[list, Any, Any]:
+        step = FUSED_STEPS[self.cell]
+        if self.cell == "gru":
+            seq = cells.GRUSequence(xproj.data, h.data, self.hidden_size)
+        else:
+            seq = cells.Sequence(xproj.data, h.data, self.hidden_size, self.gates, c.data if c is not None else None)
+        hs = []
+        for t in range(xproj.shape[0]):
+            with tg.scope(t=t):
+                if self.cell == "gru":
+                    h = step(seq, t)(xproj, h, w_hh, b_hh)
+                elif self.has_cell_state:
+                    h, c = step(seq, t)(xproj, h, c, w_hh)
+                else:
+                    h = step(seq, t)(xproj, h, w_hh)
+            hs.append(h)
+        return hs, h, c
+
+    def _steps_primitive(self, xproj: tg.Tensor, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[list, Any, Any]:
+        cell = PRIMITIVE_CELLS[self.cell]
+        steps = xproj.shape[0]
+        with tg.scope(part="input projection"):
+            xs = tg.split(xproj, steps, axis=0) if steps > 1 else (xproj,)
+        hs = []
+        for t in range(steps):
+            with tg.scope(t=t):
+                x_t = tg.reshape(xs[t], xproj.shape[1:])
+                if self.cell == "gru":
+                    h = cell(x_t, h, w_hh, b_hh)
+                elif self.has_cell_state:
+                    h, c = cell(x_t, h, c, w_hh)
+                else:
+                    h = cell(x_t, h, w_hh)
+            hs.append(h)
+        return hs, h, c
+
+
+class RNN(Recurrent):
+    """Elman RNN with tanh: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)."""
+
+    cell, gates = "rnn", 1
+
+
+class LSTM(Recurrent):
+    """LSTM with PyTorch's equations and gate order (i, f, g, o)."""
+
+    cell, gates, has_cell_state = "lstm", 4, True
+
+
+class CIFG(Recurrent):
+    """Coupled input-forget gate LSTM (Greff et al. 2015): f = 1 - i; gates (i, g, o)."""
+
+    cell, gates, has_cell_state = "cifg", 3, True
+
+
+class GRU(Recurrent):
+    """GRU with PyTorch's equations and gate order (r, z, n)."""
+
+    cell, gates = "gru", 3
+
+
+FUSED_STEPS = {"rnn": cells.RNNStep, "lstm": cells.LSTMStep, "cifg": cells.CIFGStep, "gru": cells.GRUStep}
+PRIMITIVE_CELLS = {
+    "rnn": primitive_cells.rnn_cell,
+    "lstm": primitive_cells.lstm_cell,
+    "cifg": primitive_cells.cifg_cell,
+    "gru": primitive_cells.gru_cell,
+}
+
+
+def detach_state(state: Any) -> Any:
+    """The same arrays cut from the graph: truncated BPTT carries the final state into the next batch."""
+    if state is None:
+        return None
+    if isinstance(state, tg.Tensor):
+        return state.detach()
+    return type(state)(detach_state(s) for s in state)
