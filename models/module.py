@@ -37,6 +37,13 @@ class Module:
         self._children[name] = module
         return module
 
+    def __getattr__(self, name: str) -> Any:
+        # called only when ordinary lookup fails: lstm.weight_hh_l0 as in torch
+        registry = self.__dict__.get("_params", {}) | self.__dict__.get("_children", {})
+        if name in registry:
+            return registry[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     # --- reading --------------------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, tg.Tensor]]:
         for name, p in self._params.items():

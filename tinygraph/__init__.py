@@ -40,7 +40,7 @@ from tinygraph.functional import (
     transpose,
 )
 from tinygraph.gradcheck import GradcheckResult, gradcheck, gradcheck_directional
-from tinygraph.graph import Graph, Node, is_grad_enabled, no_grad, scope
+from tinygraph.graph import Graph, GraphError, Node, is_grad_enabled, no_grad, scope
 from tinygraph.op import Op
 from tinygraph.random import manual_seed
 from tinygraph.tensor import Tensor, tensor
@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_DTYPE",
     "DeviceError",
     "Graph",
+    "GraphError",
     "GradcheckResult",
     "Node",
     "Op",
