@@ -215,6 +215,16 @@ class CharLM(Module):
         if not prime:
             raise ValueError("sampling needs at least one prime id")
         rng = rng if rng is not None else np.random.default_rng()
+        was_training = self.training
+        self.eval()  # no dropout while generating
+        try:
+            yield from self._sample(prime, length, temperature, top_k, rng)
+        finally:
+            self.train(was_training)
+
+    def _sample(
+        self, prime: list[int], length: int, temperature: float, top_k: int | None, rng: np.random.Generator
+    ) -> Iterator[int]:
         with tg.no_grad():
             state = None
             x = np.asarray([prime], dtype=np.int64).T  # (T, 1)

@@ -70,10 +70,12 @@ class Module:
         unexpected = sorted(set(arrays) - set(params))
         if missing or unexpected:
             raise StateDictError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        for name, p in params.items():  # every shape checked before anything is copied
+            if tuple(arrays[name].shape) != p.shape:
+                got = tuple(arrays[name].shape)
+                raise StateDictError(f"weight {name} has shape {got}, the model expects {p.shape}")
         for name, p in params.items():
             a = arrays[name]
-            if tuple(a.shape) != p.shape:
-                raise StateDictError(f"weight {name} has shape {tuple(a.shape)}, the model expects {p.shape}")
             xp = backend.get_array_module(p.data)
             p.data[...] = xp.asarray(backend.to_device(a, backend.device_of(p.data)), dtype=p.dtype)
 

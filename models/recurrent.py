@@ -147,7 +147,8 @@ class Recurrent(Module):
         hs = []
         for t in range(steps):
             with tg.scope(t=t):
-                x_t = tg.reshape(xs[t], xproj.shape[1:])
+                with tg.scope(part="input projection"):
+                    x_t = tg.reshape(xs[t], xproj.shape[1:])
                 if self.cell == "gru":
                     h = cell(x_t, h, w_hh, b_hh)
                 elif self.has_cell_state:
