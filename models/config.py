@@ -94,7 +94,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(int, 1234, _non_negative, "an integer >= 0"),
         "val_fraction": Key(float, 0.1, lambda v: 0 < v < 1, "a number in (0, 1)", "the tail of the corpus held out"),
         "batching": Key(str, "stream", _one_of("stream", "random"), "stream|random"),
-        "time_budget": Key(float, 0.0, _non_negative, "a number >= 0", "seconds, then save and stop; 0 = none"),
+        "time_budget": Key(
+            float, 600.0, _non_negative, "a number >= 0", "seconds, then evaluate, save and stop; 0 = none"
+        ),
         "device": Key(str, "cpu", _one_of("cpu", "gpu"), "cpu|gpu"),
     },
 }

@@ -61,7 +61,11 @@ class Module:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host (NumPy) copies of every parameter, by dotted name: checkpoints load on any device."""
-        return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+        arrays = {}
+        for name, p in self.named_parameters():
+            host = backend.to_numpy(p.data)
+            arrays[name] = host.copy() if host is p.data else host  # a device array arrives as a fresh copy
+        return arrays
 
     def load_state_dict(self, arrays: dict[str, Any]) -> None:
         """Copy ``arrays`` into the parameters in place (they keep their device and dtype)."""

@@ -210,7 +210,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _sha256(text: str) -> str:
+def text_sha256(text: str) -> str:
+    """The fingerprint of a corpus kept in checkpoints: is this still the text a run was trained on?"""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -262,7 +263,7 @@ class Trainer:
 
         # --- data -----------------------------------------------------------------------
         text = load_corpus(self.corpus_path)
-        sha = _sha256(text)
+        sha = text_sha256(text)
         if resume is not None:
             old = resume.meta.get("corpus", {})
             if old.get("sha256") not in (None, sha):
@@ -633,7 +634,10 @@ class Trainer:
                     if sample_due and tc["sample_length"] > 0:
                         self._say(f"--- sample at step {self.step} ---\n{self.sample_text()}\n---")
                     if over_budget and self.step < tc["steps"]:
-                        self._say(f"time budget of {tc['time_budget']:g} s reached at step {self.step}; saved")
+                        self._say(
+                            f"time budget of {tc['time_budget']:g} s reached at step {self.step}; saved "
+                            f"{self.out / 'last.npz'}; continue with: tinygraph train --resume --out {self.out}"
+                        )
                         break
                     if stop.signal is not None:
                         self._save(None, best=False)

@@ -136,3 +136,13 @@ def test_validate_fills_missing_keys_and_rejects_unknown_ones():
     assert config["train"]["steps"] == 3 and config["train"]["seq_len"] == cfg.defaults()["train"]["seq_len"]
     with pytest.raises(cfg.ConfigError):
         cfg.validate({"train": {"bogus": 1}})
+
+
+def test_the_default_run_builds_and_has_a_time_budget():
+    # `make train` must end within about ten minutes whatever the machine: the budget is the safety net
+    from models.trainer import build_model
+
+    config = cfg.defaults()
+    assert 0 < config["train"]["time_budget"] <= 600
+    model = build_model(config, vocab_size=84)
+    assert model.vocab_size == 84 and len(model.recurrent_layers()) == 1
