@@ -32,7 +32,9 @@ def _load_cupy() -> ModuleType:
         try:
             import cupy
         except ImportError as exc:
-            raise DeviceError("the GPU needs CuPy: install it with `pip install -e .[gpu]` (cupy-cuda12x)") from exc
+            raise DeviceError(
+                "the GPU needs CuPy: `pip install -e .[gpu]` (CUDA 12), or the cupy-cuda* build of your CUDA"
+            ) from exc
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDA driver missing or broken
