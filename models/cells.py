@@ -1,9 +1,9 @@
 """Fused recurrent step ops: one graph node per cell per time step, with a hand-derived backward.
 
-A layer call creates one ``Sequence`` (the buffers its T steps share) and T step ops.  Step t
+A layer call creates one sequence object (the buffers its T steps share) and T step ops.  Step t
 reads the input projection of all steps ``xproj`` (T, B, G*H), computed before the loop in one
-GEMM, and the recurrent weight; it writes its activations into the sequence's buffers, so the
-forward allocates nothing per step and backward finds what it needs in place.
+GEMM, and the recurrent weight; it writes its results into the sequence's buffers, so the forward
+allocates nothing per step and backward finds what it needs in place.
 
 Backward, walked from step T-1 down to 0, writes each step's pre-activation gradients into one
 (T, B, G*H) array and returns only dh_prev (and dc_prev).  Step 0, the last step walked, then
@@ -11,9 +11,28 @@ hands over the gradients of the whole sequence at once: d xproj is that array, a
 dW_hh = sum_t dA_t^T h_{t-1} becomes ONE GEMM over all T*B rows instead of T thin ones.
 Step 0 is always walked when any step is: every later step passes a gradient to its h_prev.
 
-Gate math lives in plain functions over NumPy arrays (``*_pointwise_*``); on CuPy the same
-step ops call one fused elementwise kernel per step instead (``models.cuda_kernels``).
-Gate orders follow PyTorch: LSTM (i, f, g, o), GRU (r, z, n); CIFG (i, g, o) with f = 1 - i.
+Memory (NumPy): the input projection is consumed in place.  Step t reads x_t once, so it writes
+what backward needs over it -- the gate activations (LSTM, CIFG, GRU) or h_t itself (RNN) -- and,
+when the walk releases the graph (``tinygraph.graph.walk_keeps_graph()`` is False), backward
+writes the step's pre-activation gradients over the activations it has just read.  One
+(T, B, G*H) array thus serves as x W_ih^T, as the activations and as their gradients, and a step
+keeps little beyond what BPTT must (docs/bench_cpu.md counts it).  The large buffers come from
+``tinygraph.ops.workspace``, so the next training step finds them without page faults.
+
+Gate math lives in plain functions over NumPy arrays (``*_pointwise_*``); on CuPy the same step
+ops call one fused elementwise kernel per step instead (``models.cuda_kernels``) and keep their
+activations and gradients in buffers of their own.  Gate orders follow PyTorch: LSTM (i, f, g, o),
+GRU (r, z, n); CIFG (i, g, o) with f = 1 - i.
+
+Why the NumPy gate math looks the way it does (measured on a 2-core x86 CPU, float32, B = 32):
+exp is the one transcendental worth calling (about 2.2 ns an element; tanh 3.6), and an op on a
+gate's (B, H) column block of a (B, G*H) row costs two to three times an op on the contiguous
+whole.  So every sigmoid AND the candidate's tanh of a step come from ONE exp over the whole gate
+block: sigmoid(x) = 1 / (1 + e^-x) and tanh(x) = 2 sigmoid(2x) - 1 with e^-2x = (e^-x)^2.  The
+negation is folded into the recurrent GEMM (it multiplies by -W_hh, made once per sequence), and
+e^-x overflowing to inf for very negative x gives the exact limit 0 (overflow warnings are
+silenced there).  Backward multiplies whole blocks -- the gates' local derivatives and what each
+gate's output is multiplied with -- instead of three column-block ops per gate.
 """
 
 from __future__ import annotations
@@ -22,16 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from tinygraph import graph
 from tinygraph.backend import get_array_module
 from tinygraph.op import Op
-
-
-def _sigmoid_(a: Any) -> None:
-    """In place, overflow-free: sigmoid(x) = 0.5 * tanh(0.5 x) + 0.5."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
+from tinygraph.ops import workspace
 
 
 def _cuda() -> Any:
@@ -40,45 +53,124 @@ def _cuda() -> Any:
     return cuda_kernels
 
 
+# --- gate math shared by the cells ---------------------------------------------------------------------
+
+
+def _gates_(e: Any, tanh_cols: slice | None) -> None:
+    """In place: e = -x (the negated pre-activations) -> sigmoid(x), and tanh(x) in ``tanh_cols``."""
+    with np.errstate(over="ignore"):  # e^-x = inf for x below about -88 (float32): sigmoid's limit 0, exactly
+        np.exp(e, out=e)
+        if tanh_cols is not None:
+            g = e[:, tanh_cols]
+            np.multiply(g, g, out=g)  # e^-2x
+    e += 1.0
+    np.reciprocal(e, out=e)
+    if tanh_cols is not None:
+        g *= 2.0  # tanh(x) = 2 sigmoid(2x) - 1
+        g -= 1.0
+
+
+def _local_derivatives(a: Any, out: Any, tanh_cols: slice, tmp: Any = None) -> None:
+    """s (1 - s) of sigmoid activations s, and 1 - g^2 of the tanh ones in ``tanh_cols``, into out
+    (which may be a itself: every element is read before it is written); tmp is scratch like a."""
+    g = a[:, tanh_cols]
+    keep = np.multiply(g, g)
+    np.subtract(1.0, keep, out=keep)
+    one_minus = np.subtract(1.0, a, out=tmp)
+    np.multiply(one_minus, a, out=out)
+    np.copyto(out[:, tanh_cols], keep)
+
+
+# --- the sequence: buffers one layer call shares among its steps ------------------------------------
+
+
 class Sequence:
-    """Buffers shared by the T step ops of one layer call (time-major, step t at index t)."""
+    """Buffers shared by the T step ops of one RNN, LSTM or CIFG layer call (time-major).
+
+    ``hs[t]`` is h_{t-1}, the input of step t, and ``hs[1:]`` the layer's output (for the RNN,
+    ``hs[1:]`` is the input projection's own array, written over step by step).
+    """
 
     def __init__(self, xproj: Any, h0: Any, hidden: int, gates: int, cell_state: Any = None):
         xp = get_array_module(xproj)
-        steps, batch, _ = xproj.shape
+        steps, batch, width = xproj.shape
         dtype = xproj.dtype
-        self.xp, self.steps, self.hidden = xp, steps, hidden
+        self.xp, self.steps, self.batch, self.hidden, self.dtype = xp, steps, batch, hidden, dtype
         self.gpu = xp is not np
-        # hs[t] is h_{t-1}: the input of step t and, as hs[1:], the output of the layer
-        self.hs = xp.empty((steps + 1, batch, hidden), dtype=dtype)
-        self.hs[0] = h0
-        self.acts = xp.empty((steps, batch, gates * hidden), dtype=dtype)
+        self.xproj = xproj
+        self.h0 = h0
+        if gates == 1:  # RNN: h_t is written over x_t
+            self.acts = None
+            self.outs = xproj
+        else:
+            self.hs = workspace.empty((steps + 1, batch, hidden), dtype, xp)
+            self.hs[0] = h0
+            # on the CPU the activations go over the input projection; the CUDA kernels want their own
+            self.acts = workspace.empty(xproj.shape, dtype, xp) if self.gpu else xproj
         if cell_state is not None:
-            self.cs = xp.empty((steps + 1, batch, hidden), dtype=dtype)
+            self.cs = workspace.empty((steps + 1, batch, hidden), dtype, xp)
             self.cs[0] = cell_state
-            self.tcs = xp.empty((steps, batch, hidden), dtype=dtype)  # tanh(c_t), reused by backward
+            self.tcs = workspace.empty((steps, batch, hidden), dtype, xp)  # tanh(c_t), reused by backward
+        self.work = workspace.empty((batch, width), dtype, xp)  # the recurrent GEMM's product, per step
         self.d_pre: Any = None  # (T, B, G*H) pre-activation gradients, made by the first step walked
+        self.scratch: Any = None
+        self._neg_w: Any = None
 
-    def grad_buffer(self) -> Any:
+    # --- forward ---
+    def neg_weight(self, w_hh: Any, t: int) -> Any:
+        """-W_hh, made once for all steps: the forward GEMM then yields negated pre-activations."""
+        w = self._neg_w
+        if w is None:
+            w = self._neg_w = self.xp.negative(w_hh)
+        if t == self.steps - 1:
+            self._neg_w = None  # backward multiplies by W_hh itself
+        return w
+
+    # --- backward ---
+    def _new_grad(self, t: int, reuse: Any = None) -> Any:
+        # Steps walked are always 0..t (each hands a gradient to its predecessor) and each fills
+        # its own slot, so only the slots after t, of steps no gradient reached, need zeros.
+        if reuse is not None and not self.gpu and not graph.walk_keeps_graph():
+            d = reuse  # what step s needs is read before its gradient goes over it
+        else:
+            d = workspace.empty(self.xproj.shape if reuse is None else reuse.shape, self.dtype, self.xp)
+        d[t + 1 :] = 0
+        return d
+
+    def grad_buffer(self, t: int) -> Any:
+        """Slot t of the pre-activation gradients (the first call, from the last step walked, makes them)."""
         if self.d_pre is None:
-            self.d_pre = self.xp.zeros_like(self.acts)
-        return self.d_pre
+            self.d_pre = self._new_grad(t, self.acts)
+        return self.d_pre[t]
 
     def take_grad_buffer(self) -> Any:
         """The filled gradient array, detached from the sequence (a kept graph may walk again)."""
-        d, self.d_pre = self.grad_buffer(), None
+        d, self.d_pre = self.d_pre, None
+        self.scratch = None
         return d
+
+    def backward_scratch(self) -> tuple[Any, Any]:
+        if self.scratch is None:
+            shape = self.work.shape
+            self.scratch = (workspace.empty(shape, self.dtype, self.xp), workspace.empty(shape, self.dtype, self.xp))
+        return self.scratch
 
     def weight_grad(self, d_rec: Any) -> Any:
         """dW_hh = sum over steps of dA_t^T h_{t-1}: one GEMM with T*B as the inner dimension."""
-        g = d_rec.shape[-1]
-        return d_rec.reshape(-1, g).T @ self.hs[:-1].reshape(-1, self.hidden)
+        g, h = d_rec.shape[-1], self.hidden
+        if self.acts is not None:
+            return d_rec.reshape(-1, g).T @ self.hs[:-1].reshape(-1, h)
+        # RNN: h_{t-1} is outs[t-1] for t >= 1 and h0 for t = 0
+        dw = d_rec[0].T @ self.h0
+        if self.steps > 1:
+            dw += d_rec[1:].reshape(-1, g).T @ self.outs[:-1].reshape(-1, h)
+        return dw
 
 
 class _Step(Op):
     """Step t of a sequence; subclasses set ``name`` and the math."""
 
-    def __init__(self, seq: Sequence, t: int):
+    def __init__(self, seq: Any, t: int):
         self.seq, self.t = seq, t
 
     def describe(self) -> str:
@@ -93,17 +185,17 @@ class RNNStep(_Step):
 
     def forward(self, xproj: Any, h_prev: Any, w_hh: Any) -> Any:
         s, t = self.seq, self.t
-        h = s.hs[t + 1]
-        s.xp.matmul(h_prev, w_hh.T, out=h)
-        h += xproj[t]
+        h = s.outs[t]  # holds x_t until the tanh goes over it
+        s.xp.matmul(h_prev, w_hh.T, out=s.work)
+        h += s.work
         s.xp.tanh(h, out=h)
         self.w_hh = w_hh
         return h
 
     def backward(self, gh: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        da = s.grad_buffer()[t]
-        h = s.hs[t + 1]
+        da = s.grad_buffer(t)
+        h = s.outs[t]
         s.xp.multiply(h, h, out=da)
         s.xp.subtract(1.0, da, out=da)
         da *= gh
@@ -117,47 +209,47 @@ class RNNStep(_Step):
 # --- LSTM -------------------------------------------------------------------------------------------
 
 
-def lstm_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any) -> None:
-    """Pre-activations a (B, 4H) -> activated in place; c, tanh(c) and h written."""
+def lstm_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any, negated: bool = False) -> None:
+    """Pre-activations a (B, 4H) -> activated in place; c, tanh(c) and h written.
+
+    ``negated``: a holds the pre-activations times -1 (what the fused step's GEMM produces).
+    """
     n = a.shape[1] // 4
-    _sigmoid_(a[:, : 2 * n])
-    np.tanh(a[:, 2 * n : 3 * n], out=a[:, 2 * n : 3 * n])
-    _sigmoid_(a[:, 3 * n :])
+    if not negated:
+        np.negative(a, out=a)
+    _gates_(a, slice(2 * n, 3 * n))
     i, f, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n : 3 * n], a[:, 3 * n :]
     np.multiply(f, c_prev, out=c)
-    c += i * g
+    np.multiply(i, g, out=tc)  # tc is free until tanh(c) goes there
+    c += tc
     np.tanh(c, out=tc)
     np.multiply(o, tc, out=h)
 
 
-def lstm_pointwise_backward(a: Any, c_prev: Any, tc: Any, gh: Any, gc: Any, da: Any) -> Any:
-    """Activations a, dL/dh and dL/dc of the step -> pre-activation grads in da; returns dL/dc_prev."""
+def lstm_pointwise_backward(
+    a: Any, c_prev: Any, tc: Any, gh: Any, gc: Any, da: Any, scratch: tuple[Any, Any] | None = None
+) -> Any:
+    """Activations a, dL/dh and dL/dc of the step -> pre-activation grads in da; returns dL/dc_prev.
+
+    da = (local derivative of each gate) * (what multiplies that gate's output), both as whole
+    (B, 4H) blocks: [i', f', g', o'] * [dc g, dc c_prev, dc i, gh tanh(c)].  da may be a itself.
+    """
     n = a.shape[1] // 4
     i, f, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n : 3 * n], a[:, 3 * n :]
-    di, df, dg, do = da[:, :n], da[:, n : 2 * n], da[:, 2 * n : 3 * n], da[:, 3 * n :]
+    m = np.empty_like(a) if scratch is None else scratch[0]
     # dc = gc + gh * o * (1 - tanh(c)^2): the cell gradient from both of the step's outputs
-    dc = tc * tc
+    dc = np.multiply(tc, tc)
     np.subtract(1.0, dc, out=dc)
     dc *= o
     dc *= gh
     dc += gc
-    scratch = np.subtract(1.0, o)
-    np.multiply(gh, tc, out=do)
-    do *= o
-    do *= scratch  # o' = o (1 - o)
-    np.subtract(1.0, i, out=scratch)
-    np.multiply(dc, g, out=di)
-    di *= i
-    di *= scratch
-    np.subtract(1.0, f, out=scratch)
-    np.multiply(dc, c_prev, out=df)
-    df *= f
-    df *= scratch
-    np.multiply(g, g, out=scratch)
-    np.subtract(1.0, scratch, out=scratch)
-    scratch *= i
-    np.multiply(dc, scratch, out=dg)
+    np.multiply(dc, g, out=m[:, :n])
+    np.multiply(dc, c_prev, out=m[:, n : 2 * n])
+    np.multiply(dc, i, out=m[:, 2 * n : 3 * n])
+    np.multiply(gh, tc, out=m[:, 3 * n :])
     dc *= f
+    _local_derivatives(a, da, slice(2 * n, 3 * n), None if scratch is None else scratch[1])
+    da *= m
     return dc
 
 
@@ -167,22 +259,23 @@ class LSTMStep(_Step):
     def forward(self, xproj: Any, h_prev: Any, c_prev: Any, w_hh: Any) -> tuple[Any, Any]:
         s, t = self.seq, self.t
         a, c, tc, h = s.acts[t], s.cs[t + 1], s.tcs[t], s.hs[t + 1]
-        s.xp.matmul(h_prev, w_hh.T, out=a)
         if s.gpu:
+            s.xp.matmul(h_prev, w_hh.T, out=a)
             _cuda().lstm_forward(a, xproj[t], c_prev, c, tc, h)
         else:
-            a += xproj[t]
-            lstm_pointwise_forward(a, c_prev, c, tc, h)
+            np.matmul(h_prev, s.neg_weight(w_hh, t).T, out=s.work)
+            np.subtract(s.work, a, out=a)  # a held x_t: now -(x_t + h_prev W_hh^T)
+            lstm_pointwise_forward(a, c_prev, c, tc, h, negated=True)
         self.w_hh = w_hh
         return h, c
 
     def backward(self, gh: Any, gc: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        da = s.grad_buffer()[t]
+        da = s.grad_buffer(t)
         if s.gpu:
             dc_prev = _cuda().lstm_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
         else:
-            dc_prev = lstm_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
+            dc_prev = lstm_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
         dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
         if t:
             return None, dh_prev, dc_prev, None
@@ -193,12 +286,12 @@ class LSTMStep(_Step):
 # --- CIFG-LSTM: the forget gate coupled to the input gate, f = 1 - i --------------------------------
 
 
-def cifg_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any) -> None:
+def cifg_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any, negated: bool = False) -> None:
     """Pre-activations a (B, 3H) in gate order (i, g, o); c = c_prev + i (g - c_prev)."""
     n = a.shape[1] // 3
-    _sigmoid_(a[:, :n])
-    np.tanh(a[:, n : 2 * n], out=a[:, n : 2 * n])
-    _sigmoid_(a[:, 2 * n :])
+    if not negated:
+        np.negative(a, out=a)
+    _gates_(a, slice(n, 2 * n))
     i, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n :]
     np.subtract(g, c_prev, out=c)
     c *= i
@@ -207,30 +300,28 @@ def cifg_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any) -> None
     np.multiply(o, tc, out=h)
 
 
-def cifg_pointwise_backward(a: Any, c_prev: Any, tc: Any, gh: Any, gc: Any, da: Any) -> Any:
+def cifg_pointwise_backward(
+    a: Any, c_prev: Any, tc: Any, gh: Any, gc: Any, da: Any, scratch: tuple[Any, Any] | None = None
+) -> Any:
+    """As the LSTM's, with [i', g', o'] * [dc (g - c_prev), dc i, gh tanh(c)] and dc_prev = dc (1 - i)."""
     n = a.shape[1] // 3
     i, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n :]
-    di, dg, do = da[:, :n], da[:, n : 2 * n], da[:, 2 * n :]
-    dc = tc * tc
+    m = np.empty_like(a) if scratch is None else scratch[0]
+    dc = np.multiply(tc, tc)
     np.subtract(1.0, dc, out=dc)
     dc *= o
     dc *= gh
     dc += gc
-    scratch = np.subtract(1.0, o)
-    np.multiply(gh, tc, out=do)
-    do *= o
-    do *= scratch
     # dc/di = g - c_prev (through both i g and the coupled forget gate (1 - i) c_prev)
-    np.subtract(g, c_prev, out=di)
-    di *= dc
-    np.subtract(1.0, i, out=scratch)
-    di *= i
-    di *= scratch
-    np.multiply(g, g, out=dg)
-    np.subtract(1.0, dg, out=dg)
-    dg *= i
-    dg *= dc
-    dc *= scratch  # dc_prev = dc * f = dc * (1 - i)
+    mi = m[:, :n]
+    np.subtract(g, c_prev, out=mi)
+    mi *= dc
+    np.multiply(dc, i, out=m[:, n : 2 * n])
+    np.multiply(gh, tc, out=m[:, 2 * n :])
+    f = np.subtract(1.0, i)
+    dc *= f  # dc_prev = dc * f = dc * (1 - i)
+    _local_derivatives(a, da, slice(n, 2 * n), None if scratch is None else scratch[1])
+    da *= m
     return dc
 
 
@@ -240,22 +331,23 @@ class CIFGStep(LSTMStep):
     def forward(self, xproj: Any, h_prev: Any, c_prev: Any, w_hh: Any) -> tuple[Any, Any]:
         s, t = self.seq, self.t
         a, c, tc, h = s.acts[t], s.cs[t + 1], s.tcs[t], s.hs[t + 1]
-        s.xp.matmul(h_prev, w_hh.T, out=a)
         if s.gpu:
+            s.xp.matmul(h_prev, w_hh.T, out=a)
             _cuda().cifg_forward(a, xproj[t], c_prev, c, tc, h)
         else:
-            a += xproj[t]
-            cifg_pointwise_forward(a, c_prev, c, tc, h)
+            np.matmul(h_prev, s.neg_weight(w_hh, t).T, out=s.work)
+            np.subtract(s.work, a, out=a)
+            cifg_pointwise_forward(a, c_prev, c, tc, h, negated=True)
         self.w_hh = w_hh
         return h, c
 
     def backward(self, gh: Any, gc: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        da = s.grad_buffer()[t]
+        da = s.grad_buffer(t)
         if s.gpu:
             dc_prev = _cuda().cifg_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
         else:
-            dc_prev = cifg_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
+            dc_prev = cifg_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
         dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
         if t:
             return None, dh_prev, dc_prev, None
@@ -267,32 +359,55 @@ class CIFGStep(LSTMStep):
 
 
 class GRUSequence(Sequence):
-    """A GRU also keeps the recurrent pre-activations A = h W_hh^T + b_hh, and two gradient arrays:
-    d xproj and dA differ in the candidate part (dA_n = dx_n * r)."""
+    """A GRU also needs, in backward, the candidate's recurrent term A_n = h W_hn^T + b_hn, and
+    the recurrent pre-activations' gradients dA, which differ from d xproj in the candidate part
+    (dA_n = dx_n * r).
+
+    On the CPU only A_n is kept, (T, B, H), and dA_n; a step's whole (B, 3H) A and dA live in
+    per-step scratch.  The CUDA kernels take whole (T, B, 3H) rows of both.
+    """
 
     def __init__(self, xproj: Any, h0: Any, hidden: int):
         super().__init__(xproj, h0, hidden, 3)
-        self.rec = self.xp.empty_like(self.acts)
+        shape = (self.steps, self.batch, hidden if not self.gpu else 3 * hidden)
+        self.rec = workspace.empty(shape, self.dtype, self.xp)
         self.d_rec: Any = None
 
-    def rec_grad_buffer(self) -> Any:
+    def rec_grad_buffer(self, t: int) -> Any:
         if self.d_rec is None:
-            self.d_rec = self.xp.zeros_like(self.acts)
-        return self.d_rec
+            self.d_rec = self._new_grad(t, None if self.gpu else self.rec)
+        return self.d_rec[t]
 
     def take_rec_grad_buffer(self) -> Any:
-        d, self.d_rec = self.rec_grad_buffer(), None
+        d, self.d_rec = self.d_rec, None
         return d
+
+    def weight_grads(self, dx: Any, d_rec: Any) -> tuple[Any, Any]:
+        """dW_hh and db_hh from d xproj (r, z parts) and dA_n (CPU: kept apart) or dA (GPU)."""
+        if self.gpu:
+            return self.weight_grad(d_rec), d_rec.sum(axis=(0, 1))
+        h, n2 = self.hidden, 2 * self.hidden
+        hs = self.hs[:-1].reshape(-1, h)
+        dw = np.empty((3 * h, h), dtype=self.dtype)
+        np.matmul(dx.reshape(-1, 3 * h)[:, :n2].T, hs, out=dw[:n2])
+        np.matmul(d_rec.reshape(-1, h).T, hs, out=dw[n2:])
+        db = np.concatenate((dx[..., :n2].sum(axis=(0, 1)), d_rec.sum(axis=(0, 1))))
+        return dw, db
 
 
 def gru_pointwise_forward(x: Any, rec: Any, a: Any, h_prev: Any, h: Any) -> None:
-    """x = x_t W_ih^T + b_ih, rec = h_prev W_hh^T + b_hh (B, 3H) -> a = (r, z, n) and h."""
+    """x = x_t W_ih^T + b_ih, rec = h_prev W_hh^T + b_hh (B, 3H) -> a = (r, z, n) and h.
+
+    a may be x itself (x is read before each part of a is written); rec is only read.
+    """
     n_ = a.shape[1] // 3
-    np.add(x[:, : 2 * n_], rec[:, : 2 * n_], out=a[:, : 2 * n_])
-    _sigmoid_(a[:, : 2 * n_])
+    rz = a[:, : 2 * n_]
+    np.add(x[:, : 2 * n_], rec[:, : 2 * n_], out=rz)
+    np.negative(rz, out=rz)
+    _gates_(rz, None)
     r, z, n = a[:, :n_], a[:, n_ : 2 * n_], a[:, 2 * n_ :]
-    np.multiply(r, rec[:, 2 * n_ :], out=n)
-    n += x[:, 2 * n_ :]
+    np.multiply(r, rec[:, 2 * n_ :], out=h)  # h is free until the end
+    np.add(x[:, 2 * n_ :], h, out=n)
     np.tanh(n, out=n)
     # h = n + z (h_prev - n)
     np.subtract(h_prev, n, out=h)
@@ -301,29 +416,35 @@ def gru_pointwise_forward(x: Any, rec: Any, a: Any, h_prev: Any, h: Any) -> None
 
 
 def gru_pointwise_backward(a: Any, rec: Any, h_prev: Any, gh: Any, dx: Any, drec: Any) -> Any:
-    """dL/dh -> d xproj_t in dx, dA_t in drec; returns the direct part gh * z of dL/dh_prev."""
+    """dL/dh -> d xproj_t in dx, dA_t in drec; returns the direct part gh * z of dL/dh_prev.
+
+    rec may be the whole (B, 3H) A_t or only its candidate part A_n (B, H); dx may be a itself
+    (all of a is read, into drec, before dx is written).
+    """
     n_ = a.shape[1] // 3
+    rec_n = rec[:, 2 * n_ :] if rec.shape[1] == a.shape[1] else rec
     r, z, n = a[:, :n_], a[:, n_ : 2 * n_], a[:, 2 * n_ :]
-    dr, dz, dn = dx[:, :n_], dx[:, n_ : 2 * n_], dx[:, 2 * n_ :]
+    dr, dz, dan = drec[:, :n_], drec[:, n_ : 2 * n_], drec[:, 2 * n_ :]
     # dn_pre = gh (1 - z) (1 - n^2)
-    np.multiply(n, n, out=dn)
+    ghz = np.subtract(1.0, z)
+    ghz *= gh
+    dn = np.multiply(n, n)
     np.subtract(1.0, dn, out=dn)
-    scratch = np.subtract(1.0, z)
-    dn *= scratch
-    dn *= gh
+    dn *= ghz
     # dz_pre = gh (h_prev - n) z (1 - z)
     np.subtract(h_prev, n, out=dz)
-    dz *= gh
+    dz *= ghz
     dz *= z
-    dz *= scratch
     # dr_pre = dn_pre A_n r (1 - r)
-    np.multiply(dn, rec[:, 2 * n_ :], out=dr)
+    np.multiply(dn, rec_n, out=dr)
     dr *= r
-    np.subtract(1.0, r, out=scratch)
-    dr *= scratch
-    drec[:, : 2 * n_] = dx[:, : 2 * n_]
-    np.multiply(dn, r, out=drec[:, 2 * n_ :])
-    return gh * z
+    np.subtract(1.0, r, out=ghz)
+    dr *= ghz
+    np.multiply(dn, r, out=dan)  # dA_n = dn_pre r
+    direct = np.multiply(gh, z, out=ghz)
+    np.copyto(dx[:, : 2 * n_], drec[:, : 2 * n_])
+    np.copyto(dx[:, 2 * n_ :], dn)
+    return direct
 
 
 class GRUStep(_Step):
@@ -332,23 +453,32 @@ class GRUStep(_Step):
 
     def forward(self, xproj: Any, h_prev: Any, w_hh: Any, b_hh: Any) -> Any:
         s, t = self.seq, self.t
-        rec, a, h = s.rec[t], s.acts[t], s.hs[t + 1]
-        s.xp.matmul(h_prev, w_hh.T, out=rec)
-        rec += b_hh
+        a, h = s.acts[t], s.hs[t + 1]
         if s.gpu:
+            rec = s.rec[t]
+            s.xp.matmul(h_prev, w_hh.T, out=rec)
+            rec += b_hh
             _cuda().gru_forward(xproj[t], rec, a, h_prev, h)
         else:
-            gru_pointwise_forward(xproj[t], rec, a, h_prev, h)
+            rec = s.work
+            np.matmul(h_prev, w_hh.T, out=rec)
+            rec += b_hh
+            gru_pointwise_forward(a, rec, a, h_prev, h)  # a held x_t
+            np.copyto(s.rec[t], rec[:, 2 * s.hidden :])
         self.w_hh = w_hh
         return h
 
     def backward(self, gh: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        dx, drec = s.grad_buffer()[t], s.rec_grad_buffer()[t]
+        dx = s.grad_buffer(t)
         if s.gpu:
+            drec = s.rec_grad_buffer(t)
             dh_direct = _cuda().gru_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
         else:
+            drec = s.backward_scratch()[0]
+            d_an = s.rec_grad_buffer(t)  # dA_n goes over A_n, read just now, when the graph is released
             dh_direct = gru_pointwise_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
+            np.copyto(d_an, drec[:, 2 * s.hidden :])
         dh_prev = None
         if self.needs_input_grad[1]:
             dh_prev = drec @ self.w_hh
@@ -356,4 +486,6 @@ class GRUStep(_Step):
         if t:
             return None, dh_prev, None, None
         d_rec = s.take_rec_grad_buffer()
-        return s.take_grad_buffer(), dh_prev, s.weight_grad(d_rec), d_rec.sum(axis=(0, 1))
+        d = s.take_grad_buffer()
+        dw, db = s.weight_grads(d, d_rec)
+        return d, dh_prev, dw, db

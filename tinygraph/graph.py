@@ -32,6 +32,7 @@ class GraphError(TinygraphError, RuntimeError):
 _counter = itertools.count()
 _grad_enabled = True
 _scope: dict[str, Any] = {}
+_walk_keeps_graph = False
 
 
 class Node:
@@ -94,6 +95,15 @@ def current_scope() -> dict[str, Any]:
     return _scope
 
 
+def walk_keeps_graph() -> bool:
+    """True inside a backward walk that keeps the graph for another walk (``keep_graph=True``).
+
+    An op's backward may reuse the memory of arrays it saved in forward (write its gradient over
+    them) only when this is False: the graph is then released as the walk passes.
+    """
+    return _walk_keeps_graph
+
+
 def reachable_nodes(root: Tensor) -> list[Node]:
     """The nodes ``root`` depends on, oldest first (iterative: no recursion limit)."""
     if root.creator is None:
@@ -154,6 +164,15 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
         if root.requires_grad:
             root.grad = grad if root.grad is None else _add(root.grad, grad)
         return
+    global _walk_keeps_graph
+    previous, _walk_keeps_graph = _walk_keeps_graph, keep_graph
+    try:
+        _walk(root, grad, keep_graph)
+    finally:
+        _walk_keeps_graph = previous
+
+
+def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
     nodes = reachable_nodes(root)
     pending: dict[int, list[Any]] = {id(root.creator): [None] * len(root.creator.out_meta)}
     pending[id(root.creator)][root.index] = grad

@@ -21,12 +21,24 @@ def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
 def scatter_add(target: Any, index: Any, values: Any) -> None:
     """``target[index] += values`` with repeated indices summed, on NumPy and CuPy."""
     xp = get_array_module(target)
-    if xp is np:
-        np.add.at(target, index, values)
+    if xp is not np:
+        xp.add.at(target, index, values)  # CuPy >= 13 (cupyx.scatter_add is deprecated)
+    elif (
+        isinstance(index, np.ndarray)
+        and index.ndim == 1
+        and index.dtype.kind in "iu"
+        and index.size > 64
+        and getattr(values, "shape", ())[:1] == index.shape
+    ):
+        # one id array over the first axis (an embedding's gradient): sort the ids, then one
+        # reduceat per run of equal ids; np.add.at, which adds one row at a time, is much slower
+        index = np.where(index < 0, index + target.shape[0], index)  # -1 and n-1 are one row
+        order = np.argsort(index, kind="stable")
+        ids = index[order]
+        starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+        target[ids[starts]] += np.add.reduceat(values[order], starts, axis=0)
     else:
-        import cupyx
-
-        cupyx.scatter_add(target, index, values)
+        np.add.at(target, index, values)
 
 
 def index_for(xp: Any, index: Any) -> Any:
@@ -41,10 +53,15 @@ def index_for(xp: Any, index: Any) -> Any:
 
 
 def sigmoid(x: Any, out: Any = None) -> Any:
-    """Overflow-free logistic: 0.5 * tanh(0.5 x) + 0.5."""
+    """Logistic 1 / (1 + e^-x) from one exp (the cheapest transcendental on NumPy).
+
+    e^-x overflows to inf for very negative x, and 1 / (1 + inf) = 0 is the exact limit, so the
+    overflow is silenced rather than avoided.
+    """
     xp = get_array_module(x)
-    y = xp.asarray(xp.multiply(x, 0.5, out=out))  # asarray: a 0-d x gives a NumPy scalar, not an array
-    xp.tanh(y, out=y)
-    y *= 0.5
-    y += 0.5
+    y = xp.asarray(xp.multiply(x, -1.0, out=out))  # asarray: a 0-d x gives a NumPy scalar, not an array
+    with np.errstate(over="ignore"):
+        xp.exp(y, out=y)
+    y += 1.0
+    xp.reciprocal(y, out=y)
     return y

@@ -6,6 +6,7 @@ from typing import Any
 
 from tinygraph.backend import get_array_module
 from tinygraph.op import Op
+from tinygraph.ops import workspace
 from tinygraph.ops._util import unbroadcast
 
 
@@ -38,21 +39,33 @@ class MatMul(Op):
 
 
 class Linear(Op):
-    """y = x W^T + b over any leading dims: one GEMM forward, one per gradient."""
+    """y = x W^T + b over any leading dims: one GEMM forward, one per gradient.
+
+    The (N, out) product and the input gradient are large for a sequence (N = T*B rows): they come
+    from ``workspace``, which hands the previous step's arrays back instead of fresh pages.
+    """
 
     name = "linear"
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        xp = get_array_module(x, w)
         self.x, self.w, self.has_bias = x, w, b is not None
-        y = x.reshape(-1, x.shape[-1]) @ w.T
+        x2 = x.reshape(-1, x.shape[-1])
+        y = workspace.empty((x2.shape[0], w.shape[0]), xp.result_type(x, w), xp)
+        xp.matmul(x2, w.T, out=y)
         if b is not None:
             y += b
         return y.reshape(*x.shape[:-1], w.shape[0])
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
+        xp = get_array_module(gy)
         g2 = gy.reshape(-1, gy.shape[-1])
         x2 = self.x.reshape(-1, self.x.shape[-1])
-        gx = (g2 @ self.w).reshape(self.x.shape) if self.needs_input_grad[0] else None
+        gx = None
+        if self.needs_input_grad[0]:
+            gx = workspace.empty(x2.shape, xp.result_type(g2, self.w), xp)
+            xp.matmul(g2, self.w, out=gx)
+            gx = gx.reshape(self.x.shape)
         gw = g2.T @ x2 if self.needs_input_grad[1] else None
         if not self.has_bias:
             return gx, gw

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from tinygraph.backend import get_array_module, is_gpu_array
 from tinygraph.op import Op
+from tinygraph.ops import workspace
 from tinygraph.ops._util import scatter_add
 
 
@@ -87,21 +89,30 @@ class SoftmaxCrossEntropy(Op):
             raise ValueError(f"targets of shape {targets.shape} do not match logits of shape {logits.shape}")
         _check_ids(self.targets, c, "target")
         t = targets.reshape(-1)
-        logp = _log_softmax(logits.reshape(-1, c), axis=1)
-        self.rows, self.t, self.shape = xp.arange(t.shape[0]), t, logits.shape
-        picked = logp[self.rows, t]
-        self.logp = logp
-        total = -picked.sum()
-        n = t.shape[0] if self.reduction == "mean" else 1
-        self.n = n
-        return xp.asarray(total / n, dtype=logits.dtype)
+        x = logits.reshape(-1, c)
+        rows = xp.arange(t.shape[0])
+        # -log softmax(x)[t] = log(sum exp(x - max)) - (x[t] - max); the probabilities are kept
+        # for backward, so exp runs once per step, not once in each direction
+        p = xp.subtract(x, x.max(axis=1, keepdims=True), out=workspace.empty(x.shape, x.dtype, xp))
+        picked = p[rows, t].sum()
+        xp.exp(p, out=p)
+        sums = p.sum(axis=1, keepdims=True)
+        p /= sums
+        total = xp.log(sums).sum() - picked
+        self.rows, self.t, self.shape, self.p = rows, t, logits.shape, p
+        self.n = t.shape[0] if self.reduction == "mean" else 1
+        return xp.asarray(total / self.n, dtype=logits.dtype)
 
     def backward(self, gy: Any) -> Any:
         xp = get_array_module(gy)
-        g = xp.exp(self.logp)
-        g[self.rows, self.t] -= 1
-        g *= gy / self.n
+        scale = gy / self.n
+        # a new array, not p itself: a kept graph may walk backward again
+        g = xp.multiply(self.p, scale, out=workspace.empty(self.p.shape, self.p.dtype, xp))
+        g[self.rows, self.t] -= scale
         return g.reshape(self.shape)
+
+
+ONE_HOT_MAX_VOCAB = 256  # up to here Embedding.backward sums rows with a one-hot GEMM
 
 
 class Embedding(Op):
@@ -115,13 +126,26 @@ class Embedding(Op):
     def forward(self, w: Any) -> Any:
         self.w_shape = w.shape
         _check_ids(self.ids, w.shape[0], "embedding id")
-        self.ids = get_array_module(w).asarray(self.ids)
-        return w[self.ids]
+        xp = get_array_module(w)
+        self.ids = xp.asarray(self.ids)
+        if xp is not np:
+            return w[self.ids]
+        out = workspace.empty((*self.ids.shape, w.shape[1]), w.dtype)
+        return np.take(w, self.ids, axis=0, out=out, mode="clip")  # the ids are checked: no wrapping
 
     def backward(self, gy: Any) -> Any:
         xp = get_array_module(gy)
+        vocab, dim = self.w_shape
+        ids = self.ids.reshape(-1)
+        g = gy.reshape(-1, dim)
+        if xp is np and vocab <= ONE_HOT_MAX_VOCAB:
+            # a small table (characters): the rows' sums are one GEMM with the one-hot matrix,
+            # several times faster than np.add.at, which adds row by row
+            one_hot = np.zeros((ids.shape[0], vocab), dtype=gy.dtype)
+            one_hot[np.arange(ids.shape[0]), ids] = 1
+            return one_hot.T @ g
         gw = xp.zeros(self.w_shape, dtype=gy.dtype)
-        scatter_add(gw, xp.asarray(self.ids).reshape(-1), gy.reshape(-1, self.w_shape[1]))
+        scatter_add(gw, ids, g)
         return gw
 
 
@@ -140,9 +164,43 @@ class Dropout(Op):
 
     def forward(self, x: Any) -> Any:
         xp = get_array_module(x)
+        if xp is not np and isinstance(self.rng, np.random.Generator):
+            # on the device: one 64-bit seed from the host stream (so seeding and checkpoints
+            # still govern it), the mask drawn by a kernel; no host draws, no transfer
+            seed = self.rng.integers(0, 2**64, dtype=np.uint64)
+            self.mask = xp.empty(x.shape, dtype=x.dtype)
+            y = xp.empty(x.shape, dtype=x.dtype)
+            _gpu_dropout_kernel()(x, seed, self.p, x.dtype.type(1.0 / (1.0 - self.p)), self.mask, y)
+            return y
         keep = xp.asarray(self.rng.random(x.shape) >= self.p)
         self.mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
         return x * self.mask
 
     def backward(self, gy: Any) -> Any:
         return gy * self.mask
+
+
+@cache
+def _gpu_dropout_kernel() -> Any:
+    """mask = scale where u >= p else 0, y = x * mask; u uniform in [0, 1) from (seed, element index).
+
+    u comes from the splitmix64 finaliser of seed + (index + 1) * golden-ratio constant: a
+    counter-based generator, so every element is independent of launch layout and thread count.
+    """
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "T x, uint64 seed, float64 p, T scale",
+        "T mask, T y",
+        r"""
+        unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        const double u = (double)(z >> 11) * (1.0 / 9007199254740992.0);  // top 53 bits / 2^53
+        const T m = u >= p ? scale : T(0);
+        mask = m;
+        y = x * m;
+        """,
+        "tinygraph_dropout",
+    )

@@ -99,6 +99,34 @@ class Concat(Op):
         return tuple(get_array_module(gy).split(gy, bounds, axis=self.axis))
 
 
+def _address(a: Any) -> int:
+    """Where an array's first element lives (NumPy or CuPy)."""
+    data = a.data
+    return int(data.ptr) if hasattr(data, "ptr") else int(a.__array_interface__["data"][0])
+
+
+def _as_one_view(xs: tuple[Any, ...]) -> Any:
+    """The stack of ``xs`` along a new axis 0 as a view, when they are equally spaced views of one
+    buffer (a recurrent layer's step outputs are the rows of its state buffer); else None."""
+    first = xs[0]
+    base = first.base
+    if base is None or len(xs) < 2:
+        return None
+    step = _address(xs[1]) - _address(first)
+    if step <= 0:
+        return None
+    for k, x in enumerate(xs):
+        if x.base is not base or x.shape != first.shape or x.strides != first.strides or x.dtype != first.dtype:
+            return None
+        if _address(x) != _address(first) + k * step:
+            return None
+    as_strided = get_array_module(first).lib.stride_tricks.as_strided
+    view = as_strided(first, shape=(len(xs), *first.shape), strides=(step, *first.strides))
+    if isinstance(view, np.ndarray):
+        view.flags.writeable = False  # writing into it would change what the producers saved for backward
+    return view
+
+
 class Stack(Op):
     name = "stack"
 
@@ -106,11 +134,16 @@ class Stack(Op):
         self.axis = axis
 
     def forward(self, *xs: Any) -> Any:
+        if self.axis == 0:
+            view = _as_one_view(xs)
+            if view is not None:
+                return view
         return get_array_module(*xs).stack(xs, axis=self.axis)
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
-        xp = get_array_module(gy)
-        return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
+        # views of gy, no copies: gradients are only read downstream
+        lead = (slice(None),) * (self.axis % gy.ndim)
+        return tuple(gy[(*lead, i)] for i in range(gy.shape[self.axis]))
 
 
 class Split(Op):
