@@ -225,18 +225,13 @@ def load_corpus(path: str | None) -> tuple[str, str]:
                 break
         else:
             return generated_text(400_000), "generated text (prepare data/shakespeare.txt or pass --corpus)"
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"corpus {path} does not exist or is not a file")
+    from models.data import DataError  # the trainer's checks: missing, empty, binary
+    from models.data import load_corpus as read_text
+
     try:
-        with p.open(encoding="utf-8") as f:
-            text = f.read(MAX_CORPUS_CHARS)
-    except UnicodeDecodeError as exc:
-        raise BenchError(f"corpus {path} is not UTF-8 text (byte {exc.start})") from exc
-    except OSError as exc:
-        raise BenchError(f"cannot read corpus {path}: {exc.strerror}") from exc
-    if not text:
-        raise BenchError(f"corpus {path} is empty")
+        text = read_text(path)[:MAX_CORPUS_CHARS]
+    except DataError as exc:
+        raise BenchError(str(exc)) from exc
     return text, str(path)
 
 

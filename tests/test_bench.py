@@ -96,7 +96,7 @@ def test_gemm_peak_is_a_positive_rate() -> None:
         (["--configs", "Q"], "unknown config 'Q'"),
         (["--cells", "lstm,tcn"], "unknown cell 'tcn'"),
         (["--repeats", "0"], "--repeats must be at least 1"),
-        (["--corpus", "/nonexistent/text.txt"], "does not exist"),
+        (["--corpus", "/nonexistent/text.txt"], "no such file"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -110,7 +110,7 @@ def test_empty_and_binary_corpus_are_rejected(tmp_path, capsys: pytest.CaptureFi
     empty.write_text("")
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
-    for path, message in ((empty, "is empty"), (binary, "not UTF-8")):
+    for path, message in ((empty, "the file is empty"), (binary, "looks binary")):
         assert main([*TINY, "--corpus", str(path)]) == 2
         assert message in capsys.readouterr().err
 
