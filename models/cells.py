@@ -254,18 +254,23 @@ def lstm_pointwise_backward(
 
 
 class LSTMStep(_Step):
+    """One LSTM step; CIFG reuses it with its own gate math (``cell`` names the CUDA kernels)."""
+
     name = "lstm_step"
+    cell = "lstm"
+    pointwise_forward = staticmethod(lstm_pointwise_forward)
+    pointwise_backward = staticmethod(lstm_pointwise_backward)
 
     def forward(self, xproj: Any, h_prev: Any, c_prev: Any, w_hh: Any) -> tuple[Any, Any]:
         s, t = self.seq, self.t
         a, c, tc, h = s.acts[t], s.cs[t + 1], s.tcs[t], s.hs[t + 1]
         if s.gpu:
             s.xp.matmul(h_prev, w_hh.T, out=a)
-            _cuda().lstm_forward(a, xproj[t], c_prev, c, tc, h)
+            getattr(_cuda(), f"{self.cell}_forward")(a, xproj[t], c_prev, c, tc, h)
         else:
             np.matmul(h_prev, s.neg_weight(w_hh, t).T, out=s.work)
             np.subtract(s.work, a, out=a)  # a held x_t: now -(x_t + h_prev W_hh^T)
-            lstm_pointwise_forward(a, c_prev, c, tc, h, negated=True)
+            self.pointwise_forward(a, c_prev, c, tc, h, negated=True)
         self.w_hh = w_hh
         return h, c
 
@@ -273,9 +278,9 @@ class LSTMStep(_Step):
         s, t = self.seq, self.t
         da = s.grad_buffer(t)
         if s.gpu:
-            dc_prev = _cuda().lstm_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
+            dc_prev = getattr(_cuda(), f"{self.cell}_backward")(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
         else:
-            dc_prev = lstm_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
+            dc_prev = self.pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
         dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
         if t:
             return None, dh_prev, dc_prev, None
@@ -327,32 +332,9 @@ def cifg_pointwise_backward(
 
 class CIFGStep(LSTMStep):
     name = "cifg_step"
-
-    def forward(self, xproj: Any, h_prev: Any, c_prev: Any, w_hh: Any) -> tuple[Any, Any]:
-        s, t = self.seq, self.t
-        a, c, tc, h = s.acts[t], s.cs[t + 1], s.tcs[t], s.hs[t + 1]
-        if s.gpu:
-            s.xp.matmul(h_prev, w_hh.T, out=a)
-            _cuda().cifg_forward(a, xproj[t], c_prev, c, tc, h)
-        else:
-            np.matmul(h_prev, s.neg_weight(w_hh, t).T, out=s.work)
-            np.subtract(s.work, a, out=a)
-            cifg_pointwise_forward(a, c_prev, c, tc, h, negated=True)
-        self.w_hh = w_hh
-        return h, c
-
-    def backward(self, gh: Any, gc: Any) -> tuple[Any, ...]:
-        s, t = self.seq, self.t
-        da = s.grad_buffer(t)
-        if s.gpu:
-            dc_prev = _cuda().cifg_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
-        else:
-            dc_prev = cifg_pointwise_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
-        dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
-        if t:
-            return None, dh_prev, dc_prev, None
-        d = s.take_grad_buffer()
-        return d, dh_prev, dc_prev, s.weight_grad(d)
+    cell = "cifg"
+    pointwise_forward = staticmethod(cifg_pointwise_forward)
+    pointwise_backward = staticmethod(cifg_pointwise_backward)
 
 
 # --- GRU: r, z from x and h; n = tanh(x_n + r * (h W_hn^T + b_hn)); h = (1 - z) n + z h_prev ----------

@@ -44,6 +44,7 @@ from models.evaluate import sample_ids
 from tinygraph import backend
 from tinygraph import checkpoint as ckpt_io
 from tinygraph import random as tg_random
+from tinygraph.atomic import atomic_write
 from tinygraph.checkpoint import CheckpointError
 from tinygraph.errors import TinygraphError
 
@@ -169,28 +170,10 @@ def _unflatten_state(spec: Any, arrays: dict[str, np.ndarray]) -> Any:
 # --- small file helpers ---------------------------------------------------------------------------------
 
 
-def _public(fd: int) -> None:
-    """Give a mkstemp file (0600) the permissions a plain open() would have given it."""
-    if hasattr(os, "fchmod"):
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename, so a crash leaves the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            _public(f.fileno())
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

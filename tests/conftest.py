@@ -7,6 +7,7 @@ from functools import cache
 
 import pytest
 
+import models
 import tinygraph as tg
 
 
@@ -40,3 +41,16 @@ def device(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _fresh_random_stream() -> None:
     tg.manual_seed(0)
+
+
+def bind(module: models.Module, tensors: dict[str, tg.Tensor]) -> None:
+    """Make ``module`` compute with the given tensors as its parameters (so gradcheck can perturb them)."""
+    for name, t in tensors.items():
+        *path, leaf = name.split(".")
+        owner = module
+        for part in path:
+            owner = owner._children[part]
+        old = owner._params[leaf]
+        owner._params[leaf] = t
+        if getattr(owner, leaf, None) is old:
+            setattr(owner, leaf, t)

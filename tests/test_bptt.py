@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import bind
 
 import models
 import tinygraph as tg
@@ -51,19 +52,6 @@ def initial_state(cell: str, layers: int, batch: int, hidden: int, seed: int = 1
     rs = np.random.default_rng(seed)
     count = 2 if CELLS[cell].has_cell_state else 1
     return [rs.uniform(-0.9, 0.9, (layers, batch, hidden)) for _ in range(count)]
-
-
-def bind(module: models.Module, tensors: dict[str, tg.Tensor]) -> None:
-    """Make ``module`` compute with the given tensors as its parameters (so gradcheck can perturb them)."""
-    for name, t in tensors.items():
-        *path, leaf = name.split(".")
-        owner = module
-        for part in path:
-            owner = owner._children[part]
-        old = owner._params[leaf]
-        owner._params[leaf] = t
-        if getattr(owner, leaf, None) is old:
-            setattr(owner, leaf, t)
 
 
 def layer_fn(layer: models.Recurrent, names: list[str]) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import bind
 
 import models
 import tinygraph as tg
@@ -34,19 +35,6 @@ def ids(batch: int, steps: int, seed: int = 0) -> np.ndarray:
 def state_parts(state: Any) -> list[tg.Tensor]:
     """h, or (h, c), as a list."""
     return [state] if isinstance(state, tg.Tensor) else list(state)
-
-
-def bind(module: models.Module, tensors: dict[str, tg.Tensor]) -> None:
-    """Make ``module`` compute with the given tensors as its parameters (so gradcheck can perturb them)."""
-    for name, t in tensors.items():
-        *path, leaf = name.split(".")
-        owner = module
-        for part in path:
-            owner = owner._children[part]
-        old = owner._params[leaf]
-        owner._params[leaf] = t
-        if getattr(owner, leaf, None) is old:
-            setattr(owner, leaf, t)
 
 
 # --- building from a layer description ---------------------------------------------------------

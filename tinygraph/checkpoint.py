@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tinygraph import backend
+from tinygraph.atomic import atomic_write
 from tinygraph.errors import TinygraphError
 
 FORMAT = "tinygraph-checkpoint"
@@ -105,28 +105,10 @@ def save(path: str | os.PathLike, arrays: dict[str, Any], meta: dict) -> None:
     meta_bytes = _encode_meta(path, meta)
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        with atomic_write(path) as f:
+            _write_zip(f, host, meta_bytes)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({_oneline(exc)})") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                # mkstemp makes the file private (0600); give it the permissions a plain open() would
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(f.fileno(), 0o666 & ~umask)
-            _write_zip(f, host, meta_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # Ctrl-C included: never leave a half-written temp file behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({_oneline(exc)})") from exc
-        raise
     _fsync_dir(directory)
 
 

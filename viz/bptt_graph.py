@@ -26,12 +26,12 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinygraph.atomic import atomic_write
 from tinygraph.errors import TinygraphError
 from tinygraph.graph import Graph, Node
 from tinygraph.tensor import Tensor
@@ -550,24 +550,11 @@ def dot_to_svg(dot: str) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it: nobody sees half a file."""
+    """Write ``data`` to ``path`` atomically (its directory made if missing): nobody sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # mkstemp makes the file private; a picture is for everyone
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(f.fileno(), 0o666 & ~umask)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return path
 
 

@@ -9,28 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-def _write_atomic(fig: Any, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # mkstemp makes the file private; a picture is for everyone
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(f.fileno(), 0o666 & ~umask)
-            fig.savefig(f, format=fmt, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from tinygraph.atomic import atomic_write
 
 
 def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -77,6 +60,7 @@ def plot_losses(
     written = []
     for fmt in formats:
         out = base.with_name(f"{base.name}.{fmt}")
-        _write_atomic(fig, out, fmt)
+        with atomic_write(out) as f:
+            fig.savefig(f, format=fmt, dpi=100)
         written.append(out)
     return written
