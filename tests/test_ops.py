@@ -389,6 +389,20 @@ def test_stack(device: str, shape: tuple, axis: int, n: int) -> None:
     check(lambda *ts: tg.stack(ts, axis), *xs)
 
 
+# a recurrent layer's step outputs are rows of one buffer: stacked, they are a view of it, no copy
+@pytest.mark.parametrize(
+    ("rows", "is_view"),
+    [((0, 1, 2, 3), True), ((1, 3, 5), True), ((0, 1, 3), False), ((3, 2, 1), False), ((2, 2), False)],
+    ids=str,
+)
+def test_stack_of_equally_spaced_rows_of_one_buffer_is_a_read_only_view(rows: tuple, is_view: bool) -> None:
+    buffer = np.arange(24.0).reshape(6, 4)
+    y = tg.stack([tg.Tensor(buffer[i]) for i in rows]).data
+    np.testing.assert_array_equal(y, buffer[list(rows)])
+    assert np.shares_memory(y, buffer) == is_view
+    assert y.flags.writeable != is_view  # writing would change what the producers saved for backward
+
+
 @pytest.mark.parametrize(
     ("shape", "sections", "axis"),
     [((6, 2), 3, 0), ((2, 5), [1, 4], 1), ((3, 4), [2], -1), ((4,), 1, 0), ((2, 6), [0, 3], 1)],

@@ -46,8 +46,8 @@ class Node:
         self.seq = next(_counter)
         self.name = op.name
         self.scope = _scope  # shared dict: the scope stack replaces, never mutates, it
-        self.out_meta = tuple((o.data.shape, o.data.dtype) for o in outputs)
-        self.outputs = tuple(weakref.ref(o) for o in outputs)
+        self.out_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
+        self.outputs = tuple([weakref.ref(o) for o in outputs])
         self.out_grads: list[Any] | None = None  # kept only with keep_graph=True
 
     @property
@@ -76,19 +76,26 @@ def no_grad() -> Iterator[None]:
         _grad_enabled = previous
 
 
-@contextmanager
-def scope(**tags: Any) -> Iterator[None]:
-    """Tag every node made inside, e.g. ``scope(cell="lstm", layer=0, t=3, part="gates")``.
+class scope:  # noqa: N801 - used like a function, as no_grad
+    """Tag every node made inside, e.g. ``with scope(cell="lstm", layer=0, t=3, part="gates")``.
 
-    Scopes nest; inner tags override outer ones of the same name.
+    Scopes nest; inner tags override outer ones of the same name.  A class rather than a
+    generator context manager: an unrolled layer enters one per time step.
     """
-    global _scope
-    previous = _scope
-    _scope = {**previous, **tags}
-    try:
-        yield
-    finally:
-        _scope = previous
+
+    __slots__ = ("tags", "previous")
+
+    def __init__(self, **tags: Any):
+        self.tags = tags
+
+    def __enter__(self) -> None:
+        global _scope
+        self.previous = _scope
+        _scope = {**_scope, **self.tags}
+
+    def __exit__(self, *exc: object) -> None:
+        global _scope
+        _scope = self.previous
 
 
 def current_scope() -> dict[str, Any]:

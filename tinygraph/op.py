@@ -37,18 +37,24 @@ class Op:
         return ""
 
     def __call__(self, *inputs: Any) -> Any:
-        like = next((x for x in inputs if isinstance(x, Tensor)), None)
-        ts = tuple(as_tensor(x, like) for x in inputs)
-        record = graph._grad_enabled and any(t.requires_grad for t in ts)
-        self.needs_input_grad = tuple(t.requires_grad for t in ts) if record else (False,) * len(ts)
-        ys = self.forward(*(t.data for t in ts))
-        if isinstance(ys, tuple):
-            outs = tuple(Tensor(_array(y), requires_grad=record) for y in ys)
-        else:
-            outs = (Tensor(_array(ys), requires_grad=record),)
+        # Runs once per node (per cell and time step in an unrolled RNN), so it is kept lean:
+        # list comprehensions, no generators, constants wrapped only when there are any.
+        ts = inputs if all([isinstance(x, Tensor) for x in inputs]) else _as_tensors(inputs)
+        needs = tuple([t.requires_grad for t in ts])
+        record = graph._grad_enabled and any(needs)
+        self.needs_input_grad = needs if record else (False,) * len(ts)
+        ys = self.forward(*[t.data for t in ts])
+        multi = isinstance(ys, tuple)
+        outs = tuple([Tensor(_array(y), record) for y in ys]) if multi else (Tensor(_array(ys), record),)
         if record:
             node = graph.Node(self, ts, outs)
             for i, o in enumerate(outs):
                 o.creator = node
                 o.index = i
-        return outs if isinstance(ys, tuple) else outs[0]
+        return outs if multi else outs[0]
+
+
+def _as_tensors(inputs: tuple[Any, ...]) -> tuple[Tensor, ...]:
+    """Inputs with constants wrapped; Python scalars take the dtype of the first tensor."""
+    like = next((x for x in inputs if isinstance(x, Tensor)), None)
+    return tuple(as_tensor(x, like) for x in inputs)

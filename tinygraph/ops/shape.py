@@ -101,8 +101,7 @@ class Concat(Op):
 
 def _address(a: Any) -> int:
     """Where an array's first element lives (NumPy or CuPy)."""
-    data = a.data
-    return int(data.ptr) if hasattr(data, "ptr") else int(a.__array_interface__["data"][0])
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
 
 
 def _as_one_view(xs: tuple[Any, ...]) -> Any:
@@ -112,14 +111,14 @@ def _as_one_view(xs: tuple[Any, ...]) -> Any:
     base = first.base
     if base is None or len(xs) < 2:
         return None
-    step = _address(xs[1]) - _address(first)
-    if step <= 0:
+    shape, strides, dtype = first.shape, first.strides, first.dtype
+    for x in xs:
+        if x.base is not base or x.shape != shape or x.strides != strides or x.dtype != dtype:
+            return None
+    addresses = [_address(x) for x in xs]
+    step = addresses[1] - addresses[0]
+    if step <= 0 or addresses != list(range(addresses[0], addresses[0] + step * len(xs), step)):
         return None
-    for k, x in enumerate(xs):
-        if x.base is not base or x.shape != first.shape or x.strides != first.strides or x.dtype != first.dtype:
-            return None
-        if _address(x) != _address(first) + k * step:
-            return None
     as_strided = get_array_module(first).lib.stride_tricks.as_strided
     view = as_strided(first, shape=(len(xs), *first.shape), strides=(step, *first.strides))
     if isinstance(view, np.ndarray):
