@@ -24,16 +24,16 @@ ops call one fused elementwise kernel per step instead (``models.cuda_kernels``)
 activations and gradients in buffers of their own.  Gate orders follow PyTorch: LSTM (i, f, g, o),
 GRU (r, z, n); CIFG (i, g, o) with f = 1 - i.
 
-Why the NumPy gate math looks the way it does (measured on a 2-core x86 CPU, float32, B = 32):
-exp is the one transcendental worth calling (about 2.2 ns an element; tanh 3.6 -- on other CPUs
-the two are closer, docs/bench_cpu.md), and an op on a
-gate's (B, H) column block of a (B, G*H) row costs two to three times an op on the contiguous
-whole.  So every sigmoid AND the candidate's tanh of a step come from ONE exp over the whole gate
-block: sigmoid(x) = 1 / (1 + e^-x) and tanh(x) = 2 sigmoid(2x) - 1 with e^-2x = (e^-x)^2.  The
-negation is folded into the recurrent GEMM (it multiplies by -W_hh^T, made once per sequence), and
-e^-x overflowing to inf for very negative x gives the exact limit 0 (overflow warnings are
-silenced there).  Backward multiplies whole blocks -- the gates' local derivatives and what each
-gate's output is multiplied with -- instead of three column-block ops per gate.
+Why the NumPy gate math looks the way it does (measured on a 2-core x86 CPU, float32, B = 32): exp
+is the one transcendental worth calling (about 2.2 ns an element; tanh 3.6; on other CPUs the two
+are closer, see docs/bench_cpu.md), and an op on a gate's (B, H) column block of a (B, G*H) row
+costs two to three times an op on the contiguous whole.  So every sigmoid AND the candidate's tanh
+of a step come from ONE exp over the whole gate block: sigmoid(x) = 1 / (1 + e^-x) and tanh(x) = 2
+sigmoid(2x) - 1 with e^-2x = (e^-x)^2.  The negation is folded into the recurrent GEMM (it
+multiplies by -W_hh^T, made once per sequence), and e^-x overflowing to inf for very negative x
+gives the exact limit 0 (overflow warnings are silenced there).  Backward multiplies whole blocks --
+the gates' local derivatives and what each gate's output is multiplied with -- instead of three
+column-block ops per gate.
 """
 
 from __future__ import annotations
