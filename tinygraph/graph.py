@@ -10,6 +10,7 @@ by ordinary reference counting.  The walk is iterative, so a graph of any depth 
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,7 +116,7 @@ def reachable_nodes(root: Tensor) -> list[Node]:
     """The nodes ``root`` depends on, oldest first (iterative: no recursion limit)."""
     if root.creator is None:
         return []
-    seen = {id(root.creator)}
+    seen = {root.creator}  # nodes hash by identity
     stack = [root.creator]
     nodes = []
     while stack:
@@ -123,11 +124,14 @@ def reachable_nodes(root: Tensor) -> list[Node]:
         nodes.append(node)
         for x in node.inputs:
             c = x.creator
-            if c is not None and id(c) not in seen:
-                seen.add(id(c))
+            if c is not None and c not in seen:
+                seen.add(c)
                 stack.append(c)
-    nodes.sort(key=lambda n: n.seq)
+    nodes.sort(key=_creation_order)
     return nodes
+
+
+_creation_order = operator.attrgetter("seq")
 
 
 def _zeros(meta: tuple[tuple[int, ...], Any], like: Any) -> Any:
@@ -181,10 +185,10 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
 
 def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
     nodes = reachable_nodes(root)
-    pending: dict[int, list[Any]] = {id(root.creator): [None] * len(root.creator.out_meta)}
-    pending[id(root.creator)][root.index] = grad
+    pending: dict[Node, list[Any]] = {root.creator: [None] * len(root.creator.out_meta)}
+    pending[root.creator][root.index] = grad
     for node in reversed(nodes):
-        gys = pending.pop(id(node), None)
+        gys = pending.pop(node, None)
         if gys is None:
             continue  # no gradient reached this node
         op = node.op
@@ -192,7 +196,7 @@ def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
             raise GraphError(
                 "this graph was already released by an earlier backward(); pass keep_graph=True to walk it again"
             )
-        if len(gys) > 1 and any(g is None for g in gys):
+        if len(gys) > 1 and any([g is None for g in gys]):
             ref = next(g for g in gys if g is not None)
             gys = [_zeros(m, ref) if g is None else g for g, m in zip(gys, node.out_meta)]
         gxs = op.backward(*gys)
@@ -209,9 +213,9 @@ def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
                 # out of place: an op may hand the same array to several inputs
                 x.grad = gx if x.grad is None else _add(x.grad, gx)
                 continue
-            slot = pending.get(id(c))
+            slot = pending.get(c)
             if slot is None:
-                slot = pending[id(c)] = [None] * len(c.out_meta)
+                slot = pending[c] = [None] * len(c.out_meta)
             old = slot[x.index]
             slot[x.index] = gx if old is None else _add(old, gx)
         if keep_graph:
