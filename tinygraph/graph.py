@@ -127,11 +127,8 @@ def reachable_nodes(root: Tensor) -> list[Node]:
             if c is not None and c not in seen:
                 seen.add(c)
                 stack.append(c)
-    nodes.sort(key=_creation_order)
+    nodes.sort(key=operator.attrgetter("seq"))  # creation order
     return nodes
-
-
-_creation_order = operator.attrgetter("seq")
 
 
 def _zeros(meta: tuple[tuple[int, ...], Any], like: Any) -> Any:

@@ -120,7 +120,7 @@ def _as_one_view(xs: tuple[Any, ...]) -> Any:
     if step <= 0 or addresses != list(range(addresses[0], addresses[0] + step * len(xs), step)):
         return None
     as_strided = get_array_module(first).lib.stride_tricks.as_strided
-    view = as_strided(first, shape=(len(xs), *first.shape), strides=(step, *first.strides))
+    view = as_strided(first, shape=(len(xs), *shape), strides=(step, *strides))
     if isinstance(view, np.ndarray):
         view.flags.writeable = False  # writing into it would change what the producers saved for backward
     return view
