@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.graph import CELLS, OptionError
+from cli.graph import OptionError
+from models.recurrent import CELLS
 
 INPUT, BATCH = 16, 4
 
@@ -38,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    import models
     import tinygraph as tg
     from viz.gradflow import geometric_rate, gradient_norms, plot_gradient_flow
 
@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     flows = {}
     for cell in args.cell:
         tg.manual_seed(args.seed)
-        layer = getattr(models, CELLS[cell])(INPUT, args.hidden_size, fused=True).astype(np.float64)
+        layer = CELLS[cell](INPUT, args.hidden_size, fused=True).astype(np.float64)
         norms = gradient_norms(layer, x, probe)
-        flows[CELLS[cell]] = norms
+        flows[CELLS[cell].__name__] = norms
         rate = geometric_rate(norms)
         print(
-            f"{CELLS[cell]:>5}: |dL/dh_{args.steps - 1}| = {norms[-1]:.3e}, |dL/dh_0| = {norms[0]:.3e}, "
+            f"{CELLS[cell].__name__:>5}: |dL/dh_{args.steps - 1}| = {norms[-1]:.3e}, |dL/dh_0| = {norms[0]:.3e}, "
             f"x{rate:.3f} per step back"
         )
     title = (

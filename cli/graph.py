@@ -13,9 +13,9 @@ import argparse
 import time
 from pathlib import Path
 
+from models.recurrent import CELLS
 from tinygraph.errors import TinygraphError
 
-CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "cifg": "CIFG"}
 # sizes small enough for every number on the drawing to stay legible
 VOCAB, EMBED, HIDDEN, BATCH = 5, 3, 4, 2
 # beyond these the drawing is too large to read and dot takes many seconds
@@ -63,14 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
     import models
     import tinygraph as tg
-    from viz.bptt_graph import build_drawing, dot_to_svg, drawing_to_dot, write_atomic
+    from tinygraph.atomic import write_atomic
+    from viz.bptt_graph import build_drawing, dot_to_svg, drawing_to_dot
 
     out = check_args(args)
     tg.set_device(args.device)
     tg.manual_seed(args.seed)
     spec = [
         {"type": "Embedding", "dim": EMBED},
-        {"type": CELLS[args.cell], "hidden_size": HIDDEN, "num_layers": args.layers},
+        {"type": CELLS[args.cell].__name__, "hidden_size": HIDDEN, "num_layers": args.layers},
         {"type": "Dense", "size": "vocab"},
     ]
     model = models.CharLM.from_layers(VOCAB, spec, fused=args.level == "cell")
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     loss.backward(keep_graph=True)
     layers = f"{args.layers} layer{'s' if args.layers > 1 else ''}"
     title = (
-        f"{CELLS[args.cell]}, {layers}, unrolled over {args.steps} steps ({args.level} level): "
+        f"{CELLS[args.cell].__name__}, {layers}, unrolled over {args.steps} steps ({args.level} level): "
         f"one forward and backward pass of a character model (batch {BATCH}, vocabulary {VOCAB}, "
         f"hidden size {HIDDEN}, seed {args.seed})"
     )

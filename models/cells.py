@@ -13,8 +13,10 @@ Step 0 is always walked when any step is: every later step passes a gradient to 
 
 Memory (NumPy): the input projection is consumed in place.  Step t reads x_t once, so it writes
 what backward needs over it -- the gate activations (LSTM, CIFG, GRU) or h_t itself (RNN) -- and,
-when the walk releases the graph (``tinygraph.graph.walk_keeps_graph()`` is False), backward
-writes the step's pre-activation gradients over the activations it has just read.  One
+when the walk says it releases the graph (``Op.may_overwrite_saved``, set by the walk only when
+``keep_graph`` is False), backward writes the step's pre-activation gradients over the activations
+it has just read.  Called any other way, backward leaves what forward saved intact, so a kept
+graph can be walked again with the same result.  One
 (T, B, G*H) array thus serves as x W_ih^T, as the activations and as their gradients, and a step
 keeps little beyond what BPTT must (docs/bench_cpu.md counts it).  The large buffers come from
 ``tinygraph.ops.workspace``, so the next training step finds them without page faults.
@@ -28,10 +30,9 @@ Why the NumPy gate math looks the way it does (measured on a 2-core x86 CPU, flo
 is the one transcendental worth calling (about 2.2 ns an element; tanh 3.6; on other CPUs the two
 are closer, see docs/bench_cpu.md), and an op on a gate's (B, H) column block of a (B, G*H) row
 costs two to three times an op on the contiguous whole.  So every sigmoid AND the candidate's tanh
-of a step come from ONE exp over the whole gate block: sigmoid(x) = 1 / (1 + e^-x) and tanh(x) = 2
-sigmoid(2x) - 1 with e^-2x = (e^-x)^2.  The negation is folded into the recurrent GEMM (it
-multiplies by -W_hh^T, made once per sequence), and e^-x overflowing to inf for very negative x
-gives the exact limit 0 (overflow warnings are silenced there).  Backward multiplies whole blocks --
+of a step come from ONE pass of the framework's sigmoid (``tinygraph.ops._util.sigmoid``, one exp)
+over the whole gate block, with tanh(x) = 2 sigmoid(2x) - 1.  Pre-activations are always held as
+they are (one sign convention on both backends).  Backward multiplies whole blocks --
 the gates' local derivatives and what each gate's output is multiplied with -- instead of three
 column-block ops per gate.
 """
@@ -42,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from tinygraph import graph
 from tinygraph.backend import get_array_module
 from tinygraph.op import Op
 from tinygraph.ops import workspace
+from tinygraph.ops._util import sigmoid
 
 
 def _cuda() -> Any:
@@ -57,17 +58,18 @@ def _cuda() -> Any:
 # --- gate math shared by the cells ---------------------------------------------------------------------
 
 
-def _gates_(e: Any, tanh_cols: slice | None) -> None:
-    """In place: e = -x (the negated pre-activations) -> sigmoid(x), and tanh(x) in ``tanh_cols``."""
-    with np.errstate(over="ignore"):  # e^-x = inf for x below about -88 (float32): sigmoid's limit 0, exactly
-        np.exp(e, out=e)
-        if tanh_cols is not None:
-            g = e[:, tanh_cols]
-            np.multiply(g, g, out=g)  # e^-2x
-    e += 1.0
-    np.reciprocal(e, out=e)
+def _gates_(a: Any, tanh_cols: slice | None) -> None:
+    """In place: pre-activations a -> sigmoid(a), and tanh(a) in ``tanh_cols``, from one exp pass.
+
+    tanh(x) = 2 sigmoid(2x) - 1, so the tanh block is doubled, goes through the same sigmoid as
+    the gates, and is mapped back.
+    """
     if tanh_cols is not None:
-        g *= 2.0  # tanh(x) = 2 sigmoid(2x) - 1
+        a[:, tanh_cols] *= 2.0
+    sigmoid(a, out=a)
+    if tanh_cols is not None:
+        g = a[:, tanh_cols]
+        g *= 2.0
         g -= 1.0
 
 
@@ -118,39 +120,40 @@ class Sequence:
         self._w_t: Any = None
 
     # --- forward ---
-    def recurrent_weight(self, w_hh: Any, t: int, negate: bool = False) -> Any:
-        """W_hh^T (H, G*H) in row-major order, or -W_hh^T, made once for the sequence's steps.
+    def recurrent_weight(self, w_hh: Any, t: int) -> Any:
+        """W_hh^T (H, G*H) in row-major order, made once for the sequence's steps.
 
         The per-step GEMM h_prev W_hh^T is thin (B rows): OpenBLAS runs it 20-30% faster with its
         right operand row-major than as the transposed view ``w_hh.T`` (2-core x86, B = 32, H =
-        128 to 512).  Negated, the GEMM yields negated pre-activations (see ``_gates_``).
+        128 to 512).
         """
         w = self._w_t
         if w is None:
             w = self._w_t = self.xp.empty(w_hh.T.shape, dtype=w_hh.dtype)  # a copy even where w_hh.T is C-ordered
-            if negate:
-                self.xp.negative(w_hh.T, out=w)
-            else:
-                w[...] = w_hh.T
+            w[...] = w_hh.T
         if t == self.steps - 1:
             self._w_t = None  # backward multiplies by W_hh itself
         return w
 
     # --- backward ---
-    def _new_grad(self, t: int, reuse: Any = None) -> Any:
+    def _new_grad(self, t: int, shape: tuple[int, ...], reuse: Any = None) -> Any:
         # Steps walked are always 0..t (each hands a gradient to its predecessor) and each fills
         # its own slot, so only the slots after t, of steps no gradient reached, need zeros.
-        if reuse is not None and not self.gpu and not graph.walk_keeps_graph():
+        # ``reuse``: an array forward saved, given only when the walk lets it be overwritten.
+        if reuse is not None and not self.gpu:
             d = reuse  # what step s needs is read before its gradient goes over it
         else:
-            d = workspace.empty(self.xproj.shape if reuse is None else reuse.shape, self.dtype, self.xp)
+            d = workspace.empty(shape, self.dtype, self.xp)
         d[t + 1 :] = 0
         return d
 
-    def grad_buffer(self, t: int) -> Any:
-        """Slot t of the pre-activation gradients (the first call, from the last step walked, makes them)."""
+    def grad_buffer(self, t: int, overwrite: bool) -> Any:
+        """Slot t of the pre-activation gradients (the first call, from the last step walked, makes them).
+
+        ``overwrite``: the walk releases the graph, so the gradients may go over the activations.
+        """
         if self.d_pre is None:
-            self.d_pre = self._new_grad(t, self.acts)
+            self.d_pre = self._new_grad(t, self.xproj.shape, self.acts if overwrite else None)
         return self.d_pre[t]
 
     def take_grad_buffer(self) -> Any:
@@ -177,11 +180,25 @@ class Sequence:
         return dw
 
 
-class _Step(Op):
-    """Step t of a sequence; subclasses set ``name`` and the math."""
+class Step(Op):
+    """Step t of a sequence; subclasses set ``name``, the inputs they take and the math.
+
+    ``apply`` is the one signature the time loop calls for every cell: (x, h, c, w_hh, b_hh) ->
+    (h, c), with c None for cells without a cell state; each step op takes only what it uses.
+    """
 
     def __init__(self, seq: Any, t: int):
         self.seq, self.t = seq, t
+
+    @classmethod
+    def sequence(cls, xproj: Any, h0: Any, c0: Any, hidden: int) -> Sequence:
+        """The buffers one layer call's steps share (raw arrays: x W_ih^T + b (T, B, G*H), h0, c0)."""
+        gates = xproj.shape[-1] // hidden
+        return Sequence(xproj, h0, hidden, gates, c0)
+
+    @classmethod
+    def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
 
     def describe(self) -> str:
         return f"t={self.t}"
@@ -190,8 +207,12 @@ class _Step(Op):
 # --- RNN: h = tanh(x W_ih^T + b_ih + h_prev W_hh^T + b_hh) -------------------------------------------
 
 
-class RNNStep(_Step):
+class RNNStep(Step):
     name = "rnn_step"
+
+    @classmethod
+    def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
+        return cls(seq, t)(x, h, w_hh), None
 
     def forward(self, xproj: Any, h_prev: Any, w_hh: Any) -> Any:
         s, t = self.seq, self.t
@@ -204,7 +225,7 @@ class RNNStep(_Step):
 
     def backward(self, gh: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        da = s.grad_buffer(t)
+        da = s.grad_buffer(t, self.may_overwrite_saved)
         h = s.outs[t]
         s.xp.multiply(h, h, out=da)
         s.xp.subtract(1.0, da, out=da)
@@ -219,14 +240,9 @@ class RNNStep(_Step):
 # --- LSTM -------------------------------------------------------------------------------------------
 
 
-def lstm_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any, negated: bool = False) -> None:
-    """Pre-activations a (B, 4H) -> activated in place; c, tanh(c) and h written.
-
-    ``negated``: a holds the pre-activations times -1 (what the fused step's GEMM produces).
-    """
+def lstm_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any) -> None:
+    """Pre-activations a (B, 4H) -> activated in place; c, tanh(c) and h written."""
     n = a.shape[1] // 4
-    if not negated:
-        np.negative(a, out=a)
     _gates_(a, slice(2 * n, 3 * n))
     i, f, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n : 3 * n], a[:, 3 * n :]
     np.multiply(f, c_prev, out=c)
@@ -263,13 +279,17 @@ def lstm_pointwise_backward(
     return dc
 
 
-class LSTMStep(_Step):
+class LSTMStep(Step):
     """One LSTM step; CIFG reuses it with its own gate math (``cell`` names the CUDA kernels)."""
 
     name = "lstm_step"
     cell = "lstm"
     pointwise_forward = staticmethod(lstm_pointwise_forward)
     pointwise_backward = staticmethod(lstm_pointwise_backward)
+
+    @classmethod
+    def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
+        return cls(seq, t)(x, h, c, w_hh)
 
     def forward(self, xproj: Any, h_prev: Any, c_prev: Any, w_hh: Any) -> tuple[Any, Any]:
         s, t = self.seq, self.t
@@ -278,15 +298,15 @@ class LSTMStep(_Step):
             s.xp.matmul(h_prev, s.recurrent_weight(w_hh, t), out=a)
             getattr(_cuda(), f"{self.cell}_forward")(a, xproj[t], c_prev, c, tc, h)
         else:
-            np.matmul(h_prev, s.recurrent_weight(w_hh, t, negate=True), out=s.work)
-            np.subtract(s.work, a, out=a)  # a held x_t: now -(x_t + h_prev W_hh^T)
-            self.pointwise_forward(a, c_prev, c, tc, h, negated=True)
+            np.matmul(h_prev, s.recurrent_weight(w_hh, t), out=s.work)
+            a += s.work  # a held x_t: now x_t + h_prev W_hh^T
+            self.pointwise_forward(a, c_prev, c, tc, h)
         self.w_hh = w_hh
         return h, c
 
     def backward(self, gh: Any, gc: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        da = s.grad_buffer(t)
+        da = s.grad_buffer(t, self.may_overwrite_saved)
         if s.gpu:
             dc_prev = getattr(_cuda(), f"{self.cell}_backward")(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
         else:
@@ -301,11 +321,9 @@ class LSTMStep(_Step):
 # --- CIFG-LSTM: the forget gate coupled to the input gate, f = 1 - i --------------------------------
 
 
-def cifg_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any, negated: bool = False) -> None:
+def cifg_pointwise_forward(a: Any, c_prev: Any, c: Any, tc: Any, h: Any) -> None:
     """Pre-activations a (B, 3H) in gate order (i, g, o); c = c_prev + i (g - c_prev)."""
     n = a.shape[1] // 3
-    if not negated:
-        np.negative(a, out=a)
     _gates_(a, slice(n, 2 * n))
     i, g, o = a[:, :n], a[:, n : 2 * n], a[:, 2 * n :]
     np.subtract(g, c_prev, out=c)
@@ -365,9 +383,9 @@ class GRUSequence(Sequence):
         self.rec = workspace.empty(shape, self.dtype, self.xp)
         self.d_rec: Any = None
 
-    def rec_grad_buffer(self, t: int) -> Any:
+    def rec_grad_buffer(self, t: int, overwrite: bool) -> Any:
         if self.d_rec is None:
-            self.d_rec = self._new_grad(t, None if self.gpu else self.rec)
+            self.d_rec = self._new_grad(t, self.rec.shape, self.rec if overwrite else None)
         return self.d_rec[t]
 
     def take_rec_grad_buffer(self) -> Any:
@@ -395,7 +413,6 @@ def gru_pointwise_forward(x: Any, rec: Any, a: Any, h_prev: Any, h: Any) -> None
     n_ = a.shape[1] // 3
     rz = a[:, : 2 * n_]
     np.add(x[:, : 2 * n_], rec[:, : 2 * n_], out=rz)
-    np.negative(rz, out=rz)
     _gates_(rz, None)
     r, z, n = a[:, :n_], a[:, n_ : 2 * n_], a[:, 2 * n_ :]
     np.multiply(r, rec[:, 2 * n_ :], out=h)  # h is free until the end
@@ -439,9 +456,17 @@ def gru_pointwise_backward(a: Any, rec: Any, h_prev: Any, gh: Any, dx: Any, drec
     return direct
 
 
-class GRUStep(_Step):
+class GRUStep(Step):
     name = "gru_step"
     seq: GRUSequence
+
+    @classmethod
+    def sequence(cls, xproj: Any, h0: Any, c0: Any, hidden: int) -> GRUSequence:
+        return GRUSequence(xproj, h0, hidden)
+
+    @classmethod
+    def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
+        return cls(seq, t)(x, h, w_hh, b_hh), None
 
     def forward(self, xproj: Any, h_prev: Any, w_hh: Any, b_hh: Any) -> Any:
         s, t = self.seq, self.t
@@ -462,13 +487,13 @@ class GRUStep(_Step):
 
     def backward(self, gh: Any) -> tuple[Any, ...]:
         s, t = self.seq, self.t
-        dx = s.grad_buffer(t)
+        dx = s.grad_buffer(t, self.may_overwrite_saved)
         if s.gpu:
-            drec = s.rec_grad_buffer(t)
+            drec = s.rec_grad_buffer(t, self.may_overwrite_saved)
             dh_direct = _cuda().gru_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
         else:
             drec = s.backward_scratch()[0]
-            d_an = s.rec_grad_buffer(t)  # dA_n goes over A_n, read just now, when the graph is released
+            d_an = s.rec_grad_buffer(t, self.may_overwrite_saved)  # over A_n, read just now, if allowed
             dh_direct = gru_pointwise_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
             np.copyto(d_an, drec[:, 2 * s.hidden :])
         dh_prev = None

@@ -1,8 +1,10 @@
 """The recurrent cells written out in primitive ops: the graph a student reads, one node per gate op.
 
-Each function is one time step; ``x`` is the step's slice of the input projection
-(x_t W_ih^T + biases), so only the recurrent product is computed here.  Every op is tagged with
-the ``part`` of the cell it belongs to.  ``models.cells`` holds the same math as fused ops.
+Each function is one time step with the signature every cell shares, ``cell(x, h, c, w_hh, b_hh)
+-> (h, c)`` (``c`` is None for cells without a cell state, and a cell ignores what it does not
+use); ``x`` is the step's slice of the input projection (x_t W_ih^T + biases), so only the
+recurrent product is computed here.  Every op is tagged with the ``part`` of the cell it belongs
+to.  ``models.cells`` holds the same math as fused ops.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import tinygraph as tg
 from tinygraph import Tensor
 
 
-def rnn_cell(x: Tensor, h: Tensor, w_hh: Tensor) -> Tensor:
+def rnn_cell(x: Tensor, h: Tensor, c: None, w_hh: Tensor, b_hh: Tensor | None = None) -> tuple[Tensor, None]:
     with tg.scope(part="hidden"):
-        return tg.tanh(x + tg.linear(h, w_hh))
+        return tg.tanh(x + tg.linear(h, w_hh)), None
 
 
-def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     with tg.scope(part="recurrent"):
         a = x + tg.linear(h, w_hh)
     with tg.scope(part="gates"):
@@ -36,7 +38,7 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Te
     return h, c
 
 
-def cifg_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
+def cifg_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     with tg.scope(part="recurrent"):
         a = x + tg.linear(h, w_hh)
     with tg.scope(part="gates"):
@@ -54,7 +56,7 @@ def cifg_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Te
     return h, c
 
 
-def gru_cell(x: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+def gru_cell(x: Tensor, h: Tensor, c: None, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, None]:
     with tg.scope(part="recurrent"):
         rec = tg.linear(h, w_hh, b_hh)
     with tg.scope(part="gates"):
@@ -67,4 +69,4 @@ def gru_cell(x: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
     with tg.scope(part="candidate"):
         n = tg.tanh(xn + r * an)  # the reset gate scales the recurrent term including b_hn
     with tg.scope(part="hidden"):
-        return n + z * (h - n)  # (1 - z) n + z h
+        return n + z * (h - n), None  # (1 - z) n + z h

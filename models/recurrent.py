@@ -15,7 +15,8 @@ Backpropagation through time is the reverse walk of that graph; nothing here run
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import tinygraph as tg
 from models import cells, primitive_cells
@@ -26,9 +27,20 @@ State = Any  # h, or (h, c): tensors of shape (num_layers, B, H)
 
 
 class Recurrent(Module):
-    cell: str = ""  # "rnn", "lstm", "cifg", "gru": the scope tag and the name in drawings
-    gates: int = 1
-    has_cell_state = False
+    """A stack of one recurrent cell type; each subclass carries that cell's facts.
+
+    ``CELLS`` below is built from the subclasses: every table of cells (configs, the CLI, the
+    benchmark, the PyTorch peer) reads these attributes instead of keeping its own copy.
+    """
+
+    cell: ClassVar[str] = ""  # "rnn", "lstm", "cifg", "gru": the scope tag, the CLI's --cell
+    gates: ClassVar[int] = 1  # the width of the input and recurrent projections, in units of H
+    has_cell_state: ClassVar[bool] = False
+    kept_per_step: ClassVar[int] = 1  # (B, H) blocks BPTT keeps per layer and step (the memory model)
+    separate_recurrent_bias: ClassVar[bool] = False  # b_hh used inside the cell, not summed with b_ih
+    torch_name: ClassVar[str | None] = None  # the torch.nn class with the same equations, if any
+    fused_step: ClassVar[type[cells.Step]]  # one node per step, hand-derived backward (models.cells)
+    primitive_cell: ClassVar[Callable[..., tuple[Any, Any]]]  # the step in primitive ops (models.primitive_cells)
 
     def __init__(
         self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, fused: bool = True
@@ -112,7 +124,7 @@ class Recurrent(Module):
         if self.has_cell_state:
             c = self._zeros(x) if c is None else c
         # torch adds b_ih and b_hh separately; where both only shift the pre-activation they are summed once
-        bias = b_ih if self.cell == "gru" else b_ih + b_hh
+        bias = b_ih if self.separate_recurrent_bias else b_ih + b_hh
         with tg.scope(part="input projection"):
             xproj = tg.linear(x, w_ih, bias)
         outputs = (
@@ -122,25 +134,16 @@ class Recurrent(Module):
         return tg.stack(hs), h, c
 
     def _steps_fused(self, xproj: tg.Tensor, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[list, Any, Any]:
-        step = FUSED_STEPS[self.cell]
-        if self.cell == "gru":
-            seq = cells.GRUSequence(xproj.data, h.data, self.hidden_size)
-        else:
-            seq = cells.Sequence(xproj.data, h.data, self.hidden_size, self.gates, c.data if c is not None else None)
+        step = self.fused_step
+        seq = step.sequence(xproj.data, h.data, None if c is None else c.data, self.hidden_size)
         hs = []
         for t in range(xproj.shape[0]):
             with tg.scope(t=t):
-                if self.cell == "gru":
-                    h = step(seq, t)(xproj, h, w_hh, b_hh)
-                elif self.has_cell_state:
-                    h, c = step(seq, t)(xproj, h, c, w_hh)
-                else:
-                    h = step(seq, t)(xproj, h, w_hh)
+                h, c = step.apply(seq, t, xproj, h, c, w_hh, b_hh)
             hs.append(h)
         return hs, h, c
 
     def _steps_primitive(self, xproj: tg.Tensor, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[list, Any, Any]:
-        cell = PRIMITIVE_CELLS[self.cell]
         steps = xproj.shape[0]
         with tg.scope(part="input projection"):
             xs = tg.split(xproj, steps, axis=0) if steps > 1 else (xproj,)
@@ -149,12 +152,7 @@ class Recurrent(Module):
             with tg.scope(t=t):
                 with tg.scope(part="input projection"):
                     x_t = tg.reshape(xs[t], xproj.shape[1:])
-                if self.cell == "gru":
-                    h = cell(x_t, h, w_hh, b_hh)
-                elif self.has_cell_state:
-                    h, c = cell(x_t, h, c, w_hh)
-                else:
-                    h = cell(x_t, h, w_hh)
+                h, c = self.primitive_cell(x_t, h, c, w_hh, b_hh)
             hs.append(h)
         return hs, h, c
 
@@ -162,34 +160,41 @@ class Recurrent(Module):
 class RNN(Recurrent):
     """Elman RNN with tanh: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)."""
 
-    cell, gates = "rnn", 1
+    cell, gates, torch_name = "rnn", 1, "RNN"
+    kept_per_step = 1  # h_t (tanh' = 1 - h^2)
+    fused_step = cells.RNNStep
+    primitive_cell = staticmethod(primitive_cells.rnn_cell)
 
 
 class LSTM(Recurrent):
     """LSTM with PyTorch's equations and gate order (i, f, g, o)."""
 
-    cell, gates, has_cell_state = "lstm", 4, True
+    cell, gates, has_cell_state, torch_name = "lstm", 4, True, "LSTM"
+    kept_per_step = 6  # the 4 gate activations, c_t, h_t
+    fused_step = cells.LSTMStep
+    primitive_cell = staticmethod(primitive_cells.lstm_cell)
 
 
 class CIFG(Recurrent):
     """Coupled input-forget gate LSTM (Greff et al. 2015): f = 1 - i; gates (i, g, o)."""
 
     cell, gates, has_cell_state = "cifg", 3, True
+    kept_per_step = 5  # the 3 gate activations, c_t, h_t
+    fused_step = cells.CIFGStep
+    primitive_cell = staticmethod(primitive_cells.cifg_cell)
 
 
 class GRU(Recurrent):
     """GRU with PyTorch's equations and gate order (r, z, n)."""
 
-    cell, gates = "gru", 3
+    cell, gates, torch_name = "gru", 3, "GRU"
+    kept_per_step = 5  # the 3 gate activations, h W_hn^T + b_hn (which dr needs), h_t
+    separate_recurrent_bias = True  # the reset gate scales h W_hn^T + b_hn
+    fused_step = cells.GRUStep
+    primitive_cell = staticmethod(primitive_cells.gru_cell)
 
 
-FUSED_STEPS = {"rnn": cells.RNNStep, "lstm": cells.LSTMStep, "cifg": cells.CIFGStep, "gru": cells.GRUStep}
-PRIMITIVE_CELLS = {
-    "rnn": primitive_cells.rnn_cell,
-    "lstm": primitive_cells.lstm_cell,
-    "cifg": primitive_cells.cifg_cell,
-    "gru": primitive_cells.gru_cell,
-}
+CELLS: dict[str, type[Recurrent]] = {c.cell: c for c in (RNN, LSTM, CIFG, GRU)}
 
 
 def detach_state(state: Any) -> Any:

@@ -38,3 +38,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Replace ``path`` with ``data`` (bytes, or text written as UTF-8) in one rename.
+
+    The directory is made if missing.  The one way the project writes a whole file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = isinstance(data, str)
+    with atomic_write(path, "w" if text else "wb", encoding="utf-8" if text else None) as f:
+        f.write(data)
+    return path

@@ -5,6 +5,20 @@ creation number; since an op's inputs always exist before its outputs, sorting t
 reachable from the loss by that number, newest first, is a valid reverse topological order:
 the "tape" of the guide, built on demand so that graphs nobody calls backward on are freed
 by ordinary reference counting.  The walk is iterative, so a graph of any depth works.
+
+Contracts of the walk, which ops may rely on:
+
+* **Order.** Nodes are walked strictly newest first (descending creation number).  So of the
+  steps of an unrolled layer, step 0 is walked last; a fused step op hands over the gradients of
+  the whole sequence from there (``models.cells``).
+* **What an op may overwrite.** Just before a node's backward, the walk sets
+  ``op.may_overwrite_saved`` to True when it releases the graph (``keep_graph=False``): the op
+  may then write its gradients over arrays it saved in forward.  Any other caller gets the
+  default, False, and the saved arrays stay intact.
+* **What is recorded.** With ``keep_graph=True`` each walked node keeps ``out_grads`` (dL/d of
+  each output, summed over its consumers) and ``in_grads`` (what its backward handed to each
+  input, None where nothing went).  Drawings and diagnostics read these records; nothing outside
+  the walk calls an op's backward.
 """
 
 from __future__ import annotations
@@ -33,13 +47,12 @@ class GraphError(TinygraphError, RuntimeError):
 _counter = itertools.count()
 _grad_enabled = True
 _scope: dict[str, Any] = {}
-_walk_keeps_graph = False
 
 
 class Node:
     """One op application: the op (holding what its backward needs), inputs, metadata."""
 
-    __slots__ = ("op", "inputs", "seq", "name", "scope", "out_meta", "outputs", "out_grads")
+    __slots__ = ("op", "inputs", "seq", "name", "scope", "out_meta", "outputs", "out_grads", "in_grads")
 
     def __init__(self, op: Op, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]):
         self.op: Op | None = op
@@ -49,7 +62,8 @@ class Node:
         self.scope = _scope  # shared dict: the scope stack replaces, never mutates, it
         self.out_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
         self.outputs = tuple([weakref.ref(o) for o in outputs])
-        self.out_grads: list[Any] | None = None  # kept only with keep_graph=True
+        self.out_grads: list[Any] | None = None  # kept only with keep_graph=True: dL/d(each output)
+        self.in_grads: list[Any] | None = None  # kept only with keep_graph=True: what backward sent each input
 
     @property
     def label(self) -> str:
@@ -101,15 +115,6 @@ class scope:  # noqa: N801 - used like a function, as no_grad
 
 def current_scope() -> dict[str, Any]:
     return _scope
-
-
-def walk_keeps_graph() -> bool:
-    """True inside a backward walk that keeps the graph for another walk (``keep_graph=True``).
-
-    An op's backward may reuse the memory of arrays it saved in forward (write its gradient over
-    them) only when this is False: the graph is then released as the walk passes.
-    """
-    return _walk_keeps_graph
 
 
 def reachable_nodes(root: Tensor) -> list[Node]:
@@ -166,21 +171,13 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
 
     Gradients of leaves that require them accumulate into ``.grad``.  Without
     ``keep_graph`` every visited node drops its op (and with it the saved arrays) and its
-    inputs, so memory is returned as the walk proceeds.
+    inputs, so memory is returned as the walk proceeds; with it, every visited node records
+    the gradients it received and handed back (see the module's contracts).
     """
     if root.creator is None:
         if root.requires_grad:
             root.grad = grad if root.grad is None else _add(root.grad, grad)
         return
-    global _walk_keeps_graph
-    previous, _walk_keeps_graph = _walk_keeps_graph, keep_graph
-    try:
-        _walk(root, grad, keep_graph)
-    finally:
-        _walk_keeps_graph = previous
-
-
-def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
     nodes = reachable_nodes(root)
     pending: dict[Node, list[Any]] = {root.creator: [None] * len(root.creator.out_meta)}
     pending[root.creator][root.index] = grad
@@ -196,15 +193,18 @@ def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
         if len(gys) > 1 and any([g is None for g in gys]):
             ref = next(g for g in gys if g is not None)
             gys = [_zeros(m, ref) if g is None else g for g, m in zip(gys, node.out_meta)]
+        if not keep_graph:
+            op.may_overwrite_saved = True  # this node is released right after: its saved arrays are free
         gxs = op.backward(*gys)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
         if len(gxs) != len(node.inputs):
             raise RuntimeError(f"{node.name}.backward returned {len(gxs)} gradients for {len(node.inputs)} inputs")
+        sent: list[Any] = [None] * len(gxs)
         for slot_index, (x, raw) in enumerate(zip(node.inputs, gxs)):
             if raw is None or not x.requires_grad:
                 continue
-            gx = _fit_grad(node, slot_index, x, raw)
+            gx = sent[slot_index] = _fit_grad(node, slot_index, x, raw)
             c = x.creator
             if c is None:
                 # out of place: an op may hand the same array to several inputs
@@ -217,6 +217,7 @@ def _walk(root: Tensor, grad: Any, keep_graph: bool) -> None:
             slot[x.index] = gx if old is None else _add(old, gx)
         if keep_graph:
             node.out_grads = list(gys)
+            node.in_grads = sent
         else:
             node.op = None
             node.inputs = ()

@@ -25,6 +25,10 @@ def _array(y: Any) -> Any:
 class Op:
     name: str = "op"
     needs_input_grad: tuple[bool, ...] = ()
+    # Set True by the graph walk, just before backward, when it releases the graph afterwards: only
+    # then may backward write over arrays forward saved.  The default is the safe choice for any
+    # other caller (a test, a second walk of a kept graph).
+    may_overwrite_saved: bool = False
 
     def forward(self, *xs: Any) -> Any:
         raise NotImplementedError

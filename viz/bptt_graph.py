@@ -14,9 +14,9 @@ cluster (a shared weight, the input projection of all steps) is what makes it sl
   the stack of the outputs) is a *hub*: it gets a small stub inside each of those steps, and its
   edges end at the stubs.
 
-Per-edge gradients (which part of dL/dy came back along which edge) are not kept by the reverse
-walk, only each node's summed ``out_grads``; they are recomputed by calling each op's own
-``backward`` on those sums once more, newest node first, as the walk did.
+Everything drawn is read from what the walk recorded (``node.out_grads``, the summed dL/d of each
+output, and ``node.in_grads``, what the node's backward sent along each input): drawing executes
+no op, so drawing a graph twice gives the same file and leaves the graph as the walk left it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinygraph.atomic import atomic_write
+from tinygraph.atomic import write_atomic
 from tinygraph.errors import TinygraphError
 from tinygraph.graph import Graph, Node
 from tinygraph.tensor import Tensor
@@ -165,28 +165,20 @@ def _kept_graph(loss: Tensor) -> Graph:
         raise GraphRenderError(
             "the graph behind this loss was released by backward(): call loss.backward(keep_graph=True) before drawing"
         )
-    if loss.creator.out_grads is None:
+    if loss.creator.out_grads is None or loss.creator.in_grads is None:
         raise GraphRenderError("no gradients to draw: call loss.backward(keep_graph=True) before drawing")
     return graph
 
 
 def edge_gradients(nodes: list[Node]) -> dict[tuple[int, int], Any]:
-    """dL/d(input) each node's backward sends along each input slot: {(node index, slot): array or None}.
-
-    ``nodes`` oldest first (``Graph.of(loss).nodes``), walked in reverse.  Ops that pass a gradient
-    buffer from step to step (the fused cells) rely on that order, as in the real walk.
-    """
-    grads: dict[tuple[int, int], Any] = {}
-    for i in range(len(nodes) - 1, -1, -1):
-        node = nodes[i]
-        if node.out_grads is None or node.op is None:
-            continue
-        gxs = node.op.backward(*node.out_grads)
-        if not isinstance(gxs, tuple):
-            gxs = (gxs,)
-        for slot, (x, g) in enumerate(zip(node.inputs, gxs)):
-            grads[(i, slot)] = g if x.requires_grad else None
-    return grads
+    """dL/d(input) each walked node's backward sent along each input slot, as the walk recorded it:
+    {(node index, slot): array, or None where nothing went}."""
+    return {
+        (i, slot): g
+        for i, node in enumerate(nodes)
+        if node.in_grads is not None
+        for slot, g in enumerate(node.in_grads)
+    }
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -547,15 +539,6 @@ def dot_to_svg(dot: str) -> bytes:
         why = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise GraphRenderError(f"dot failed: {why[0] if why else f'exit status {done.returncode}'}")
     return done.stdout
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (its directory made if missing): nobody sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        f.write(data)
-    return path
 
 
 def render_graph(loss: Tensor, path: str | os.PathLike, level: str = "op", title: str = "") -> Path:

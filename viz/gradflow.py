@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from tinygraph import backend
+from tinygraph.atomic import write_atomic
 from tinygraph.errors import TinygraphError
 from tinygraph.graph import Graph, Node
 from tinygraph.tensor import Tensor
-from viz.bptt_graph import write_atomic
 
 
 class GradientFlowError(TinygraphError):
