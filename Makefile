@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.installed-dev
 ORACLE_STAMP := $(VENV)/.installed-oracle
 # Compat mode puts the checkout itself on sys.path, so a package folder added after the install
-# (models/, viz/, data/ ...) is importable at once, not only after the next reinstall.
+# (models/, charlm/, viz/, data/ ...) is importable at once, not only after the next reinstall.
 PIP_EDITABLE := --config-settings editable_mode=compat
 ARGS ?=
 # BLAS threads for the model commands. The recurrent matrix products are small: a second thread

@@ -1,1 +1,1 @@
-"""The command line: a thin layer that joins tinygraph, models and viz."""
+"""The command line: a thin layer that joins tinygraph, models, charlm and viz (``tinygraph`` or ``python -m cli``)."""

@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-from models.data import DataError, describe_chars
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run directory")
@@ -23,27 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import tinygraph as tg
-    from models.data import load_corpus, split_text
-    from models.evaluate import score_text
-    from models.trainer import read_checkpoint, resolve_checkpoint, restore_model, text_sha256
+    from charlm.checkpoint import read_checkpoint, resolve_checkpoint, restore_model
+    from charlm.corpus import describe_chars, load_corpus
+    from charlm.evaluate import score_text, validation_text
 
     tg.set_device(args.device)
     ck = read_checkpoint(resolve_checkpoint(args.checkpoint))
     if args.corpus is not None:
         text, what = load_corpus(args.corpus), str(args.corpus)
     else:
-        recorded = ck.meta.get("corpus") or {}
-        source = recorded.get("path")
-        if not source:
-            raise DataError(f"{ck.path} does not record its corpus: pass --corpus PATH")
-        if not Path(source).exists():
-            raise DataError(f"the run's corpus {source} is gone: pass --corpus PATH")
-        full = load_corpus(source)
-        # the split is only the run's validation text if the file is still the one it trained on
-        if recorded.get("sha256") not in (None, text_sha256(full)):
-            raise DataError(f"the run's corpus {source} has changed since training: pass --corpus PATH")
-        _, text = split_text(full, ck.config["train"]["val_fraction"])
-        what = f"the validation split of {source}"
+        text, what = validation_text(ck)
     model = restore_model(ck)
     score = score_text(model, ck.vocab, text)
     if score.unknown_chars:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.train import add_common_arguments, apply_shortcuts, keep_model, resumed_config, run_trainer
-from models import config as cfg
-from models.data import DataError
-from models.trainer import read_checkpoint, resolve_checkpoint
+from charlm import config as cfg
+from charlm.checkpoint import read_checkpoint, resolve_checkpoint
+from charlm.corpus import DataError
+from cli.options import OptionError, one_character
+from cli.train import add_common_arguments, resume, run_trainer, shortcuts
 
 DEFAULT_OUT = Path("runs") / "finetune"
 
@@ -33,24 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.trainer import Trainer
-
-    if args.unknown_char is not None and len(args.unknown_char) != 1:
-        raise DataError(f"--unknown-char takes one character, got {args.unknown_char!r}")
+    one_character("--unknown-char", args.unknown_char)
     if args.resume:
-        config, ck = resumed_config(args)
-        corpus = args.corpus or Path(ck.meta.get("corpus", {}).get("path", ""))
-        return run_trainer(
-            lambda: Trainer(config, corpus, args.out, resume=ck, force=args.force, unknown_char=args.unknown_char)
-        )
+        return resume(args, unknown_char=args.unknown_char)
     if args.source is None or args.corpus is None:
-        raise cfg.ConfigError("finetune needs --from CHECKPOINT and --corpus PATH")
+        raise OptionError("finetune needs --from CHECKPOINT and --corpus PATH")
     source = read_checkpoint(resolve_checkpoint(args.source))
     if args.unknown_char is not None and args.unknown_char not in source.vocab:
         raise DataError(f"--unknown-char {args.unknown_char!r} is not in the checkpoint's vocabulary")
-    config = cfg.load_file(args.config, base=source.config) if args.config is not None else source.config
-    config = apply_shortcuts(cfg.apply_overrides(config, args.overrides), args)
-    keep_model(config, source.config, "finetune")
-    return run_trainer(
-        lambda: Trainer(config, args.corpus, args.out, source=source, force=args.force, unknown_char=args.unknown_char)
-    )
+    config = cfg.resolve(args.config, args.overrides, shortcuts(args), checkpoint=source.config)
+    return run_trainer(config, args.corpus, args.out, source=source, force=args.force, unknown_char=args.unknown_char)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.graph import OptionError
+from cli.options import OptionError
 from models.recurrent import CELLS
 
 INPUT, BATCH = 16, 4

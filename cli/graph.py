@@ -13,17 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
+from cli.options import OptionError
 from models.recurrent import CELLS
-from tinygraph.errors import TinygraphError
 
 # sizes small enough for every number on the drawing to stay legible
 VOCAB, EMBED, HIDDEN, BATCH = 5, 3, 4, 2
 # beyond these the drawing is too large to read and dot takes many seconds
 MAX_STEPS = {"op": 50, "cell": 200}
-
-
-class OptionError(TinygraphError):
-    """A command-line value out of range."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

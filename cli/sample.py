@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.data import DataError
+from cli.options import at_least, positive_finite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,26 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import tinygraph as tg
-    from models.evaluate import generate
-    from models.trainer import read_checkpoint, resolve_checkpoint, restore_model
+    from charlm.checkpoint import read_checkpoint, resolve_checkpoint, restore_model
+    from charlm.sample import default_prime, generate
 
-    if args.length < 0:
-        raise DataError(f"--length must be >= 0, got {args.length}")
-    if not args.temperature > 0 or args.temperature == float("inf"):
-        raise DataError(f"--temperature must be a finite number > 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise DataError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.seed is not None and args.seed < 0:
-        raise DataError(f"--seed must be >= 0, got {args.seed}")
+    at_least("--length", args.length, 0)
+    positive_finite("--temperature", args.temperature)
+    if args.top_k is not None:
+        at_least("--top-k", args.top_k, 1)
+    if args.seed is not None:
+        at_least("--seed", args.seed, 0)
     tg.set_device(args.device)
     ck = read_checkpoint(resolve_checkpoint(args.checkpoint))
     vocab = ck.vocab
-    if args.prime:
-        prime, shown = args.prime, args.prime
-    else:  # an implicit start: the beginning of a line, not printed
-        prime, shown = ("\n" if "\n" in vocab else vocab.chars[0]), ""
+    # an implicit start is the beginning of a line, not printed
+    prime, shown = (args.prime, args.prime) if args.prime else (default_prime(vocab), "")
     vocab.encode(prime, what="the prime text")  # refuse unknown characters before building anything
     model = restore_model(ck)
-    text = generate(model, vocab, prime, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    text = generate(model, vocab, prime, args.length, temperature=args.temperature, top_k=args.top_k, rng=args.seed)
     sys.stdout.write(shown + text + ("" if text.endswith("\n") else "\n"))
     return 0

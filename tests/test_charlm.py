@@ -13,7 +13,6 @@ from conftest import bind
 
 import models
 import tinygraph as tg
-from models.config import ConfigError
 from tinygraph import backend
 from tinygraph import graph as tg_graph
 
@@ -126,17 +125,17 @@ BAD_SPECS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_SPECS))
-def test_a_bad_layer_description_is_one_clear_config_error(name: str) -> None:
+def test_a_bad_layer_description_is_one_clear_layer_error(name: str) -> None:
     layers, message = BAD_SPECS[name]
-    with pytest.raises(ConfigError, match=message) as info:
+    with pytest.raises(models.LayerSpecError, match=message) as info:
         models.CharLM.from_layers(VOCAB, layers)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, tg.TinygraphError)
 
 
 @pytest.mark.parametrize("vocab", [0, -1, 2.5])
-def test_a_bad_vocabulary_size_is_a_config_error(vocab: Any) -> None:
-    with pytest.raises(ConfigError, match="vocabulary size"):
+def test_a_bad_vocabulary_size_is_a_layer_error(vocab: Any) -> None:
+    with pytest.raises(models.LayerSpecError, match="vocabulary size"):
         models.CharLM.from_layers(vocab, spec())
 
 

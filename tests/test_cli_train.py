@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
+from charlm import config as cfg
+from charlm.checkpoint import read_checkpoint, restore_model
+from charlm.corpus import Vocab
+from charlm.evaluate import score_text
 from cli.main import main
-from models import config as cfg
-from models.data import Vocab
-from models.evaluate import score_text
-from models.trainer import read_checkpoint, restore_model
 from tinygraph import checkpoint as ckpt_io
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
@@ -195,7 +195,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     assert rc == 0, err
     before = (out / "last.npz").read_bytes(), (out / "best.npz").read_bytes()
 
-    import models.trainer as trainer_module
+    import charlm.trainer as trainer_module
 
     build = trainer_module.build_model
 
@@ -232,3 +232,66 @@ def test_train_and_sample_on_each_device(device, tmp_path, corpus, capsys):
     rc, doc, err = cli(capsys, "eval", "--checkpoint", out, "--json", "--device", device)
     assert rc == 0, err
     assert math.isfinite(json.loads(doc)["loss"])
+
+
+def test_the_trainer_tells_on_eval_and_draws_nothing_itself(tmp_path, corpus, capsys):
+    from charlm.trainer import Trainer
+
+    calls = []
+    config = cfg.resolve(TINY, ["train.eval_interval=3", "train.sample_length=0"], {"steps": 6})
+    trainer = Trainer(config, corpus, tmp_path / "run", on_eval=lambda run, record: calls.append((run, record)))
+    assert trainer.run() == 0
+    assert [record["step"] for _, record in calls] == [3, 6]
+    run = calls[0][0]
+    assert run.path == tmp_path / "run" and [r["step"] for r in run.metrics()] == [3, 6]
+    assert not list(run.path.glob("loss.*"))  # the plot is the CLI's: charlm imports no viz
+
+
+def test_the_validation_loss_is_the_cross_entropy_of_the_windows(tmp_path, corpus, capsys):
+    """The trainer's validation loss (log_softmax under no_grad) equals the training loss op's mean."""
+    from charlm.trainer import Trainer
+
+    config = cfg.resolve(TINY, ["train.eval_batches=3"], {"steps": 1})
+    trainer = Trainer(config, corpus, tmp_path / "run")
+    total, count, state = 0.0, 0, None
+    trainer.model.eval()
+    with tg.no_grad():
+        for b in trainer.data.val_batcher.windows_from_start(3):
+            loss, state = trainer.model.loss(b.x, b.y, state)
+            total, count = total + loss.item() * b.x.size, count + b.x.size
+    trainer.model.train()
+    assert trainer.evaluate() == pytest.approx(total / count, rel=1e-6)
+    assert trainer.model.training  # evaluation gives the model its mode back
+
+
+def _imports(package: str) -> set[str]:
+    """The top-level packages the modules of ``package`` import, at the top or inside functions."""
+    import ast
+
+    found = set()
+    for path in (Path(__file__).resolve().parent.parent / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_packages_depend_one_way():
+    # charlm -> models -> tinygraph; only cli joins them with viz
+    assert not _imports("tinygraph") & {"models", "charlm", "viz", "cli", "bench", "data"}
+    assert not _imports("models") & {"charlm", "viz", "cli", "bench", "data"}
+    assert not _imports("charlm") & {"viz", "cli", "bench", "data"}
+
+
+def test_python_dash_m_cli_is_the_tinygraph_command():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--help"], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "usage: tinygraph" in done.stdout
+    assert not (root / "tinygraph" / "__main__.py").exists()  # the framework does not see the CLI

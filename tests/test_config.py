@@ -1,18 +1,19 @@
-"""models.config: defaults, TOML files, --set overrides, and errors that name the key."""
+"""charlm.config: defaults, TOML files, --set overrides, errors that name the key, and resolving a run's config."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from models import config as cfg
+from charlm import config as cfg
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_default_toml_lists_exactly_the_defaults():
-    # configs/default.toml is what a user reads; models/config.py is what runs: they must agree
+    # configs/default.toml is what a user reads; charlm/config.py is what runs: they must agree
     assert cfg.load_file(CONFIGS / "default.toml") == cfg.defaults()
     text = (CONFIGS / "default.toml").read_text()
     for section, keys in cfg.SCHEMA.items():
@@ -55,6 +56,9 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
         ("[model]\nlayers = []\n", "model.layers"),
         ("[model]\nlayers = [1, 2]\n", "model.layers[0]"),
         ("[model]\nlayers = [{dim = 3}]\n", "model.layers[0]"),
+        ('[model]\nlayers = [{type = "Embedding", dim = 4}, {type = "Transformer"}]\n', "unknown layer type"),
+        ('[model]\nlayers = [{type = "Embedding", dim = 4}, {type = "LSTM"}]\n', "needs hidden_size"),
+        ('[model]\nlayers = [{type = "Embedding", dim = 4}]\n', "last of model.layers"),
         ("[train\n", "invalid TOML"),
         ("train = 3\n", "train"),
     ],
@@ -110,11 +114,15 @@ def test_bad_overrides_name_the_key(override, words):
 
 def test_to_toml_reads_back_the_same_config(tmp_path):
     config = cfg.apply_overrides(
-        cfg.defaults(), ['train.optimizer="sgd"', 'model.layers=[{type="Embedding", dim=4, name="e\\"q"}]']
+        cfg.defaults(),
+        ['train.optimizer="sgd"', 'model.layers=[{type="Embedding", dim=4}, {type="Dense", size="vocab"}]'],
     )
     p = tmp_path / "round.toml"
     p.write_text(cfg.to_toml(config))
     assert cfg.load_file(p) == config
+    # strings are escaped: a quote and a non-ASCII character survive the trip
+    config["model"]["layers"][0]["note"] = 'e"q \u00e9'
+    assert tomllib.loads(cfg.to_toml(config)) == config
 
 
 def test_train_dropout_fills_only_unset_rates():
@@ -140,9 +148,64 @@ def test_validate_fills_missing_keys_and_rejects_unknown_ones():
 
 def test_the_default_run_builds_and_has_a_time_budget():
     # `make train` must end within about ten minutes whatever the machine: the budget is the safety net
-    from models.trainer import build_model
+    from charlm.checkpoint import build_model
 
     config = cfg.defaults()
     assert 0 < config["train"]["time_budget"] <= 600
     model = build_model(config, vocab_size=84)
     assert model.vocab_size == 84 and len(model.recurrent_layers()) == 1
+
+
+def test_train_dropout_fills_every_recurrent_type_of_the_registry():
+    from models.recurrent import CELLS
+
+    for cls in CELLS.values():
+        layers = [
+            {"type": "Embedding", "dim": 4},
+            {"type": cls.__name__, "hidden_size": 8},
+            {"type": "Dense", "size": 3},
+        ]
+        assert cfg.layers_with_dropout(layers, 0.25)[1]["dropout"] == 0.25
+
+
+# --- resolve: the one place a run's config is made ---------------------------------------------------
+
+
+def test_resolve_a_new_run_applies_file_then_overrides_then_shortcuts(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nsteps = 7\nseq_len = 9\n")
+    config = cfg.resolve(p, ["train.steps=8", "train.batch_size=3"], {"steps": 11, "time_budget": None})
+    t = config["train"]
+    assert (t["steps"], t["seq_len"], t["batch_size"]) == (11, 9, 3)
+    assert t["time_budget"] == cfg.defaults()["train"]["time_budget"]
+    assert cfg.resolve() == cfg.defaults()
+
+
+def test_resolve_a_shortcut_error_names_the_option():
+    with pytest.raises(cfg.ConfigError, match="--time-budget"):
+        cfg.resolve(shortcuts={"time_budget": -1.0})
+
+
+def test_resolve_a_resumed_run_keeps_its_config_and_drops_its_time_budget(tmp_path):
+    saved = cfg.apply_overrides(cfg.defaults(), ["train.steps=10", "train.time_budget=30", "train.seq_len=5"])
+    config = cfg.resolve(overrides=["train.learning_rate=0.5"], shortcuts={"steps": 20}, checkpoint=saved, resume=True)
+    t = config["train"]
+    assert (t["steps"], t["seq_len"], t["learning_rate"], t["time_budget"]) == (20, 5, 0.5, 0.0)
+    assert saved["train"]["time_budget"] == 30  # the checkpoint's config is not modified
+    assert cfg.resolve(shortcuts={"time_budget": 9}, checkpoint=saved, resume=True)["train"]["time_budget"] == 9
+    with pytest.raises(cfg.ConfigError, match="drop --config"):
+        cfg.resolve(tmp_path / "c.toml", checkpoint=saved, resume=True)
+
+
+def test_resolve_a_continued_run_keeps_the_layers_but_may_change_fused(tmp_path):
+    saved = cfg.defaults()
+    layers = 'model.layers=[{type="Embedding", dim=4}, {type="GRU", hidden_size=8}, {type="Dense", size="vocab"}]'
+    with pytest.raises(cfg.ConfigError, match=r"--resume keeps the checkpoint's model.layers"):
+        cfg.resolve(overrides=[layers], checkpoint=saved, resume=True)
+    p = tmp_path / "new.toml"
+    p.write_text('[model]\nlayers = [{type = "Embedding", dim = 4}, {type = "Dense", size = "vocab"}]\n')
+    with pytest.raises(cfg.ConfigError, match=r"finetune keeps the checkpoint's model.layers"):
+        cfg.resolve(p, checkpoint=saved)
+    tuned = cfg.resolve(overrides=["model.fused=false", "train.steps=5"], checkpoint=saved)
+    assert tuned["model"]["fused"] is False and tuned["train"]["steps"] == 5
+    assert tuned["train"]["time_budget"] == saved["train"]["time_budget"]  # fine-tuning keeps the budget

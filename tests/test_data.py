@@ -1,4 +1,4 @@
-"""models.data: corpus loading and its refusals, the vocabulary, the split, and the batchers."""
+"""charlm.corpus: corpus loading and its refusals, the vocabulary, the split, and the batchers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from models.data import (
+from charlm.corpus import (
     DataError,
     RandomBatcher,
     StreamBatcher,
@@ -15,7 +15,9 @@ from models.data import (
     eval_windows,
     load_corpus,
     make_batcher,
+    same_text,
     split_text,
+    training_data,
 )
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 3
@@ -205,3 +207,41 @@ def test_eval_windows_score_every_pair_exactly_once(n, streams, seq_len):
         pairs += [(int(a), int(b)) for a, b in zip(x[m], y[m])]
     expected = [(i, i + 1) for i in range(n - 1) if known[i + 1]]
     assert sorted(pairs) == expected
+
+
+# --- a run's data ----------------------------------------------------------------------------------------------
+
+
+def _data(path, **kw):
+    settings = {"val_fraction": 0.1, "batch_size": 4, "seq_len": 8, "batching": "stream", "seed": 0}
+    return training_data(path, **{**settings, **kw})
+
+
+def test_training_data_splits_encodes_and_records_the_corpus(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    notes = []
+    data = _data(path, note=notes.append)
+    assert data.vocab == Vocab.from_text(TEXT) and not notes
+    train, val = split_text(TEXT, 0.1)
+    assert data.vocab.decode(data.train_ids) == train and data.vocab.decode(data.val_ids) == val
+    assert data.record["path"] == str(path.resolve()) and data.record["chars"] == len(TEXT)
+    assert same_text(data.record, TEXT) and not same_text(data.record, TEXT + "!")
+    assert data.batcher.batch_size == 4 and data.val_batcher.seq_len == 8
+    # resuming: the text must be the recorded one
+    path.write_text(TEXT + "!")
+    with pytest.raises(DataError, match="not the text this run was trained on"):
+        _data(path, vocab=data.vocab, recorded=data.record)
+
+
+def test_training_data_with_a_kept_vocabulary_maps_or_refuses_unknown_characters(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT + "#~#")
+    vocab = Vocab.from_text(TEXT)
+    with pytest.raises(DataError, match=r"'#' \(2\), '~' \(1\).*--unknown-char"):
+        _data(path, vocab=vocab)
+    notes = []
+    data = _data(path, vocab=vocab, unknown_char=" ", note=notes.append)
+    assert data.vocab is vocab and data.record["unknown_char"] == " "
+    assert len(notes) == 1 and "3 character(s) outside the vocabulary mapped to ' '" in notes[0]
+    assert data.vocab.decode(data.val_ids).endswith(TEXT[-5:] + "   ")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from models.trainer import read_checkpoint
+from charlm.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.toml"
@@ -26,7 +26,7 @@ def start(corpus: Path, out: Path, *extra: str, resume: bool = False) -> subproc
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["TINYGRAPH_DEVICE"] = "cpu"
-    argv = [sys.executable, "-m", "tinygraph", "train", "--out", str(out)]
+    argv = [sys.executable, "-m", "cli", "train", "--out", str(out)]
     if resume:  # the run's own config
         argv += ["--resume", *extra]
     else:  # checkpoint at every step, so that kills land in saves

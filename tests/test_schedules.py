@@ -1,4 +1,5 @@
-"""Learning-rate schedules: plateau patience, warm-up ramp, cosine shape and end value, state round trips."""
+"""Learning-rate schedules: plateau patience, warm-up ramp, cosine shape and end value, state round trips,
+and the events every schedule answers alike (on_step, on_eval, on_resume)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 import tinygraph as tg
 from tinygraph.optim import SGD
-from tinygraph.schedules import CosineWithWarmup, ReduceLROnPlateau
+from tinygraph.schedules import CosineWithWarmup, FixedLR, ReduceLROnPlateau, Schedule
 
 
 def optimizer(lr: float = 1.0) -> SGD:
@@ -102,6 +103,45 @@ def test_cosine_without_warmup_and_state_round_trip():
     again.load_state_dict(json.loads(json.dumps(sched.state_dict())))
     assert again.last_step == 3 and again.lr_at(3) == sched.lr_at(3) == opt.lr
     assert again.lr_at(6) == pytest.approx(0.25 * (1 + math.cos(math.pi * 0.6)))
+
+
+def test_each_schedule_follows_its_own_event_and_ignores_the_other():
+    fixed, plateau = FixedLR(optimizer(1.0)), ReduceLROnPlateau(optimizer(1.0), patience=0)
+    cosine = CosineWithWarmup(optimizer(0.0), base_lr=1.0, warmup_steps=2, total_steps=10)
+    for sched in (fixed, plateau, cosine):
+        assert isinstance(sched, Schedule)
+    for s in range(3):
+        for sched in (fixed, plateau, cosine):
+            sched.on_step(s)
+    assert fixed.optimizer.lr == 1.0 and plateau.optimizer.lr == 1.0  # they ignore steps
+    assert cosine.optimizer.lr == cosine.lr_at(2) and cosine.last_step == 2
+    for loss in (3.0, 4.0):
+        for sched in (fixed, plateau, cosine):
+            sched.on_eval(loss)
+    assert fixed.optimizer.lr == 1.0 and cosine.optimizer.lr == cosine.lr_at(2)  # they ignore evaluations
+    assert plateau.optimizer.lr == 0.5 and plateau.best == 3.0  # the second loss was no better: patience 0
+
+
+def test_on_resume_takes_back_only_what_the_schedule_cannot_recompute():
+    saved = ReduceLROnPlateau(optimizer(), patience=5)
+    saved.on_eval(2.0)
+    saved.on_eval(2.5)
+    plateau = ReduceLROnPlateau(optimizer())
+    plateau.on_resume(json.loads(json.dumps(saved.state_dict())))
+    assert plateau.best == 2.0 and plateau.num_bad == 1 and plateau.patience == 5
+    for state in (None, {"kind": "cosine", "last_step": 3}, {"kind": "none"}):  # another schedule's, or none
+        fresh = ReduceLROnPlateau(optimizer())
+        fresh.on_resume(state)
+        assert fresh.best is None and fresh.num_bad == 0
+    # the cosine rate is a function of the step and of its settings, which the resumed run may change
+    old = CosineWithWarmup(optimizer(), base_lr=1.0, warmup_steps=0, total_steps=10)
+    old.on_step(4)
+    longer = CosineWithWarmup(optimizer(), base_lr=1.0, warmup_steps=0, total_steps=40)
+    longer.on_resume(old.state_dict())
+    assert longer.total_steps == 40
+    fixed = FixedLR(optimizer(0.3))
+    fixed.on_resume({"kind": "plateau"})
+    assert fixed.optimizer.lr == 0.3 and fixed.state_dict() == {"kind": "none"}
 
 
 @pytest.mark.parametrize(

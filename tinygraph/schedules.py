@@ -1,7 +1,10 @@
 """Learning-rate schedules: they set ``optimizer.lr`` and save their own state as JSON-able dicts.
 
-``ReduceLROnPlateau`` is stepped once per evaluation with the validation loss; ``CosineWithWarmup``
-once per optimizer step with that step's index.
+Every schedule answers the same three events, so a training loop drives any of them without
+asking which it is: ``on_step(step)`` before optimizer step ``step`` (0-based), ``on_eval(val_loss)``
+after an evaluation, ``on_resume(state)`` with the ``state_dict()`` a run saved (or None).  A
+schedule ignores the events it has no use for: ``ReduceLROnPlateau`` follows the validation loss,
+``CosineWithWarmup`` the step, ``FixedLR`` neither.
 """
 
 from __future__ import annotations
@@ -29,7 +32,36 @@ def _restore(obj: object, kind: str, d: dict, fields: tuple[str, ...]) -> None:
         setattr(obj, f, d[f])
 
 
-class ReduceLROnPlateau:
+class Schedule:
+    """What every schedule answers; an event a schedule has no use for is a no-op."""
+
+    kind = "none"
+    _fields: tuple[str, ...] = ()  # its state, as saved by state_dict()
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+
+    def on_step(self, step: int) -> None:
+        """Before optimizer step ``step`` (0-based)."""
+
+    def on_eval(self, val_loss: float) -> None:
+        """After an evaluation, with its validation loss."""
+
+    def on_resume(self, state: dict | None) -> None:
+        """When a run continues, with the ``state_dict()`` it saved (None if it saved none)."""
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, **{f: getattr(self, f) for f in self._fields}}
+
+    def load_state_dict(self, d: dict) -> None:
+        _restore(self, self.kind, d, self._fields)
+
+
+class FixedLR(Schedule):
+    """No schedule: the learning rate stays what the optimizer (or the user) set."""
+
+
+class ReduceLROnPlateau(Schedule):
     """Multiply the learning rate by ``factor`` once the metric has not improved for more than ``patience`` steps.
 
     As torch's (mode "min", relative threshold): a metric is an improvement when it is below
@@ -52,7 +84,7 @@ class ReduceLROnPlateau:
         _check("patience", int(patience) == patience and patience >= 0, patience, "needs an integer >= 0")
         _check("min_lr", min_lr >= 0.0, min_lr, "needs min_lr >= 0")
         _check("threshold", threshold >= 0.0, threshold, "needs threshold >= 0")
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.factor, self.patience = float(factor), int(patience)
         self.min_lr, self.threshold = float(min_lr), float(threshold)
         self.best: float | None = None  # None until the first metric (JSON has no infinity)
@@ -79,14 +111,17 @@ class ReduceLROnPlateau:
             self.num_bad = 0
         return self.optimizer.lr
 
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, **{f: getattr(self, f) for f in self._fields}}
+    def on_eval(self, val_loss: float) -> None:
+        self.step(val_loss)
 
-    def load_state_dict(self, d: dict) -> None:
-        _restore(self, self.kind, d, self._fields)
+    def on_resume(self, state: dict | None) -> None:
+        """Take back the memory a run saved (best metric, bad evaluations); a state of another kind
+        (the run changed its schedule) or none leaves this one fresh."""
+        if isinstance(state, dict) and state.get("kind") == self.kind:
+            self.load_state_dict(state)
 
 
-class CosineWithWarmup:
+class CosineWithWarmup(Schedule):
     """Linear warm-up to ``base_lr`` over ``warmup_steps``, then a half cosine down to ``min_lr`` at ``total_steps``.
 
     ``step(s)`` sets the rate for optimizer step ``s`` (0-based): ``base_lr * (s + 1) / warmup_steps``
@@ -110,7 +145,7 @@ class CosineWithWarmup:
         _check("total_steps", int(total_steps) == total_steps and total_steps >= 1, total_steps, "needs >= 1")
         _check("warmup_steps", warmup_steps <= total_steps, warmup_steps, f"needs <= total_steps ({total_steps})")
         _check("min_lr", 0.0 <= min_lr <= base_lr, min_lr, f"needs 0 <= min_lr <= base_lr ({base_lr})")
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.base_lr, self.min_lr = float(base_lr), float(min_lr)
         self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
         self.last_step: int | None = None
@@ -132,8 +167,9 @@ class CosineWithWarmup:
         self.last_step = int(step)
         return lr
 
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, **{f: getattr(self, f) for f in self._fields}}
+    def on_step(self, step: int) -> None:
+        self.step(step)
 
-    def load_state_dict(self, d: dict) -> None:
-        _restore(self, self.kind, d, self._fields)
+    def on_resume(self, state: dict | None) -> None:
+        """Nothing to take back: the rate is a function of the step and of this schedule's settings,
+        which a resumed run may have changed (a new ``total_steps``)."""

@@ -1,4 +1,4 @@
-"""Text data for character language models: load a corpus, its vocabulary, the split, and batches.
+"""The corpus of a character language model: loading it, its vocabulary, the split, and batches.
 
 * :func:`load_corpus` reads any UTF-8 text file and refuses, in one line naming the file, what is
   not one (missing, a directory, empty, binary or not UTF-8).
@@ -10,15 +10,19 @@
   so the state at the end of a window is the right initial state of the next one; its position
   is a small dict, saved in checkpoints for an exact resume.  :class:`RandomBatcher` draws B
   independent windows at random offsets from its own generator (whose state is saved likewise).
+* :func:`training_data` does all of it for a run, and makes the corpus record its checkpoints keep
+  (path, sha256 fingerprint, size): a resumed run and ``tinygraph eval`` check the text is unchanged.
 
 Ids are host NumPy int arrays: the model's embedding lookup moves them to the device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,16 @@ def load_corpus(path: str | os.PathLike) -> str:
     if not text:
         raise DataError(f"corpus {path}: the file holds no text (only a byte-order mark)")
     return text
+
+
+def text_sha256(text: str) -> str:
+    """The fingerprint of a corpus kept in checkpoints: is this still the text a run was trained on?"""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def same_text(record: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` is the corpus a checkpoint's record describes (a record without a fingerprint is trusted)."""
+    return record.get("sha256") in (None, text_sha256(text))
 
 
 # --- vocabulary ---------------------------------------------------------------------------------------
@@ -203,6 +217,21 @@ class Batch:
         return iter((self.x, self.y, self.reset))
 
 
+def _pairs(ids: np.ndarray, batch_size: int, seq_len: int) -> int:
+    """The number of (input, target) pairs in ``ids``, checked to hold one window of ``seq_len``."""
+    if seq_len < 1 or batch_size < 1:
+        raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    n = len(ids) - 1
+    if n < seq_len:
+        raise DataError(f"text of {len(ids)} characters is shorter than one window ({seq_len} + 1)")
+    return n
+
+
+def _check_kind(saved: dict[str, Any], kind: str) -> None:
+    if saved.get("kind") != kind:
+        raise DataError(f"saved data position is for {saved.get('kind')!r} batching, this run uses {kind!r}")
+
+
 class StreamBatcher:
     """Truncated-BPTT batches: B contiguous streams of the text, read T characters at a time.
 
@@ -215,11 +244,7 @@ class StreamBatcher:
     kind = "stream"
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
-        n = len(ids) - 1  # number of (input, target) pairs
-        if seq_len < 1 or batch_size < 1:
-            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-        if n < seq_len:
-            raise DataError(f"text of {len(ids)} characters is shorter than one window ({seq_len} + 1)")
+        n = _pairs(ids, batch_size, seq_len)
         self.seq_len = seq_len
         self.batch_size = min(batch_size, n // seq_len)
         self.stream_len = n // self.batch_size
@@ -236,11 +261,7 @@ class StreamBatcher:
         if self.position >= self.windows:
             self.position = 0
             self.epoch += 1
-        t0 = self.position * self.seq_len
-        sl = slice(t0, t0 + self.seq_len)
-        batch = Batch(
-            np.ascontiguousarray(self._x[:, sl]), np.ascontiguousarray(self._y[:, sl]), reset=self.position == 0
-        )
+        batch = self._window(self.position)
         self.position += 1
         return batch
 
@@ -248,16 +269,18 @@ class StreamBatcher:
         """The first ``count`` windows of an epoch (all of them if ``count`` <= 0), position untouched."""
         count = self.windows if count <= 0 else min(count, self.windows)
         for k in range(count):
-            t0 = k * self.seq_len
-            sl = slice(t0, t0 + self.seq_len)
-            yield Batch(np.ascontiguousarray(self._x[:, sl]), np.ascontiguousarray(self._y[:, sl]), reset=k == 0)
+            yield self._window(k)
+
+    def _window(self, k: int) -> Batch:
+        """Window ``k`` of the epoch; the state starts from zero at the first."""
+        sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return Batch(np.ascontiguousarray(self._x[:, sl]), np.ascontiguousarray(self._y[:, sl]), reset=k == 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        if d.get("kind") != self.kind:
-            raise DataError(f"saved data position is for {d.get('kind')!r} batching, this run uses {self.kind!r}")
+        _check_kind(d, self.kind)
         self.position, self.epoch = int(d["position"]), int(d["epoch"])
 
 
@@ -267,11 +290,7 @@ class RandomBatcher:
     kind = "random"
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
-        n = len(ids) - 1
-        if seq_len < 1 or batch_size < 1:
-            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-        if n < seq_len:
-            raise DataError(f"text of {len(ids)} characters is shorter than one window ({seq_len} + 1)")
+        n = _pairs(ids, batch_size, seq_len)
         self.ids = np.asarray(ids)
         self.batch_size, self.seq_len = batch_size, seq_len
         self.last_start = n - seq_len  # inclusive
@@ -288,8 +307,7 @@ class RandomBatcher:
         return {"kind": self.kind, "rng": self.rng.bit_generator.state, "drawn": self.drawn}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        if d.get("kind") != self.kind:
-            raise DataError(f"saved data position is for {d.get('kind')!r} batching, this run uses {self.kind!r}")
+        _check_kind(d, self.kind)
         self.rng.bit_generator.state = d["rng"]
         self.drawn = int(d["drawn"])
 
@@ -329,3 +347,86 @@ def eval_windows(ids: np.ndarray, known: np.ndarray, streams: int, seq_len: int)
     for t0 in range(0, width, seq_len):
         sl = slice(t0, t0 + seq_len)
         yield x[:, sl], y[:, sl], m[:, sl]
+
+
+# --- a run's data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """A corpus ready for a run: the vocabulary, both parts of the split as ids, and their batchers."""
+
+    vocab: Vocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    batcher: StreamBatcher | RandomBatcher
+    val_batcher: StreamBatcher
+    record: dict[str, Any]  # kept in checkpoints: path, sha256, chars, unknown_char
+
+
+def training_data(
+    path: str | os.PathLike,
+    *,
+    val_fraction: float,
+    batch_size: int,
+    seq_len: int,
+    batching: str,
+    seed: int,
+    vocab: Vocab | None = None,
+    unknown_char: str | None = None,
+    recorded: dict[str, Any] | None = None,
+    note: Callable[[str], None] = print,
+) -> TrainingData:
+    """Read the corpus at ``path`` and cut it into training and validation ids with their batchers.
+
+    ``vocab``: a checkpoint's vocabulary to keep (fine-tuning, resuming); characters of the text it
+    lacks are refused, or read as ``unknown_char``.  Without it the vocabulary is the text's own.
+    ``recorded``: the corpus record of the run being resumed; the text must be the one it describes.
+    ``note`` tells the user what was adapted (characters mapped, fewer streams than asked for).
+    """
+    path = Path(path)
+    text = load_corpus(path)
+    if recorded is not None and not same_text(recorded, text):
+        raise DataError(
+            f"corpus {path} is not the text this run was trained on "
+            f"({recorded.get('path')}, {recorded.get('chars')} characters): fine-tune instead"
+        )
+    unknown_count = 0
+    if vocab is None:
+        vocab, unknown_char = Vocab.from_text(text), None
+    else:
+        missing = vocab.unknown(text)
+        unknown_count = sum(missing.values())
+        if missing and unknown_char is None:
+            raise DataError(
+                f"corpus {path} has {unknown_count} character(s) outside the checkpoint's "
+                f"vocabulary: {describe_chars(missing)}; pass --unknown-char C to map them to C"
+            )
+        if missing:
+            note(
+                f"note: {unknown_count} character(s) outside the vocabulary mapped to {unknown_char!r}: "
+                f"{describe_chars(missing)}"
+            )
+    ids = vocab.encode(text, unknown=unknown_char, what=str(path))
+    train_text, _ = split_text(text, val_fraction)
+    cut = len(train_text)
+    train_ids, val_ids = ids[:cut], ids[cut:]
+    if len(train_ids) < seq_len + 1:
+        raise DataError(
+            f"corpus {path} is too short: its training part has {len(train_ids)} characters, "
+            f"one window needs train.seq_len + 1 = {seq_len + 1} (use a longer text or a smaller train.seq_len)"
+        )
+    batcher = make_batcher(batching, train_ids, batch_size, seq_len, seed)
+    if batcher.batch_size < batch_size:
+        note(
+            f"note: the training text holds only {batcher.batch_size} windows of {seq_len}: "
+            f"using {batcher.batch_size} streams instead of train.batch_size = {batch_size}"
+        )
+    record = {
+        "path": str(path.resolve()),
+        "sha256": text_sha256(text),
+        "chars": len(text),
+        "unknown_char": unknown_char if unknown_count else None,
+    }
+    val_batcher = StreamBatcher(val_ids, batch_size, min(seq_len, len(val_ids) - 1))
+    return TrainingData(vocab, train_ids, val_ids, batcher, val_batcher, record)

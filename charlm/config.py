@@ -1,14 +1,15 @@
-"""Run configuration: the ``[model]`` and ``[train]`` sections, their defaults, TOML files and overrides.
+"""Run configuration: the ``[model]`` and ``[train]`` schema and defaults, TOML files, overrides, resolution.
 
 A config is a plain two-level dict ``{"model": {...}, "train": {...}}`` checked against the schema
 below: an unknown section or key, or a value of the wrong type or out of range, is a
 :class:`ConfigError` naming the key (``train.seq_len``) and, where there is one, the file.
 ``--set section.key=value`` overrides are parsed as TOML values (``train.lr_factor=0.5``,
 ``model.layers=[{type="Embedding", dim=16}, ...]``); a value that is not valid TOML is taken as a
-bare string, so ``train.optimizer=adamw`` works without quotes.
+bare string, so ``train.optimizer=adamw`` works without quotes.  The ``[model]`` layer tables are
+checked by the model zoo's own check (:func:`models.charlm.check_layers`), the one there is.
 
-The ``[model]`` layers themselves are validated by the model when it is built; here they only need
-to be a list of tables.
+:func:`resolve` is the one place a run's config is made: from the defaults (or the checkpoint a
+run resumes or fine-tunes), a TOML file, the ``--set`` overrides and the shortcut options.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.charlm import RECURRENT, LayerSpecError, check_layers
 from tinygraph.errors import TinygraphError
+
+Config = dict[str, dict[str, Any]]
 
 
 class ConfigError(TinygraphError):
@@ -102,7 +107,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
-def defaults() -> dict[str, dict[str, Any]]:
+def defaults() -> Config:
     return {section: {k: copy.deepcopy(key.default) for k, key in keys.items()} for section, keys in SCHEMA.items()}
 
 
@@ -131,24 +136,14 @@ def check_value(section: str, key: str, value: Any, where: str = "") -> Any:
     if spec.check is not None and not spec.check(value):
         raise ConfigError(f"{name}{where} must be {spec.want}, got {value!r}")
     if key == "layers":
-        value = _check_layers(value, name, where)
+        try:
+            value = check_layers(value, where=where)
+        except LayerSpecError as exc:
+            raise ConfigError(str(exc)) from None
     return value
 
 
-def _check_layers(layers: list[Any], name: str, where: str) -> list[dict[str, Any]]:
-    if not layers:
-        raise ConfigError(f"{name}{where} is empty: list the layers, e.g. Embedding, LSTM, Dense")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, dict):
-            raise ConfigError(
-                f'{name}[{i}]{where} must be a table like {{type = "LSTM", hidden_size = 128}}, got {layer!r}'
-            )
-        if not isinstance(layer.get("type"), str):
-            raise ConfigError(f'{name}[{i}]{where} needs a type = "..." (Embedding, LSTM, GRU, RNN, CIFG, Dense, ...)')
-    return copy.deepcopy(layers)
-
-
-def merge(base: dict[str, dict[str, Any]], doc: dict[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
+def merge(base: Config, doc: dict[str, Any], where: str = "") -> Config:
     """``base`` updated with the sections of a parsed TOML document, every key checked."""
     out = copy.deepcopy(base)
     for section, table in doc.items():
@@ -161,7 +156,7 @@ def merge(base: dict[str, dict[str, Any]], doc: dict[str, Any], where: str = "")
     return out
 
 
-def load_file(path: str | os.PathLike, base: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def load_file(path: str | os.PathLike, base: Config | None = None) -> Config:
     """Defaults (or ``base``) updated with the TOML file at ``path``."""
     path = Path(path)
     try:
@@ -193,7 +188,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def apply_overrides(config: dict[str, dict[str, Any]], overrides: list[str]) -> dict[str, dict[str, Any]]:
+def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
     out = copy.deepcopy(config)
     for text in overrides:
         section, key, value = parse_override(text)
@@ -201,7 +196,7 @@ def apply_overrides(config: dict[str, dict[str, Any]], overrides: list[str]) -> 
     return out
 
 
-def validate(config: Any, where: str = "") -> dict[str, dict[str, Any]]:
+def validate(config: Any, where: str = "") -> Config:
     """A config read back from a checkpoint: every key present and valid (missing keys take defaults)."""
     if not isinstance(config, dict):
         raise ConfigError(f"config{' in ' + where if where else ''} is not a table")
@@ -223,7 +218,7 @@ def _toml_value(v: Any) -> str:
     raise ConfigError(f"cannot write {v!r} as TOML")
 
 
-def to_toml(config: dict[str, dict[str, Any]]) -> str:
+def to_toml(config: Config) -> str:
     """The config as a TOML file that :func:`load_file` reads back to the same dict."""
     lines = []
     for section in SCHEMA:
@@ -247,8 +242,47 @@ def layers_with_dropout(layers: list[dict[str, Any]], dropout: float) -> list[di
         return out
     for layer in out:
         kind = str(layer.get("type", ""))
-        if kind in ("LSTM", "GRU", "RNN", "CIFG") and "dropout" not in layer:
+        if kind in RECURRENT and "dropout" not in layer:
             layer["dropout"] = dropout
         elif kind == "Dropout" and "p" not in layer:
             layer["p"] = dropout
     return out
+
+
+def resolve(
+    file: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    shortcuts: Mapping[str, Any] | None = None,
+    *,
+    checkpoint: Config | None = None,
+    resume: bool = False,
+) -> Config:
+    """The config a run uses: the one place it is made.
+
+    In this order: the defaults, or ``checkpoint`` (the config of the checkpoint a run resumes or
+    fine-tunes); then the TOML ``file`` (the keys it sets); then the ``--set`` ``overrides``; then the
+    ``shortcuts``, [train] keys given as options of their own (``{"steps": 500}`` is ``--steps 500``;
+    None means not given).  A run continued from a checkpoint keeps its layers (``model.fused`` may
+    change: both forms of a cell have the same weights).  A resumed run (``resume``) takes no file,
+    and its time budget starts at 0: a budget holds for one invocation and is given again to stop
+    this one.
+    """
+    if resume and checkpoint is None:
+        raise ValueError("resolve(resume=True) needs the config of the checkpoint it resumes")
+    if resume and file is not None:
+        raise ConfigError(
+            "--resume continues with the run's own config: drop --config (change [train] keys with --set)"
+        )
+    config = defaults() if checkpoint is None else copy.deepcopy(checkpoint)
+    if resume:
+        config["train"]["time_budget"] = 0.0
+    if file is not None:
+        config = load_file(file, base=config)
+    config = apply_overrides(config, overrides)
+    for key, value in (shortcuts or {}).items():
+        if value is not None:
+            config["train"][key] = check_value("train", key, value, f"--{key.replace('_', '-')}")
+    if checkpoint is not None and config["model"]["layers"] != checkpoint["model"]["layers"]:
+        why = "--resume" if resume else "finetune"
+        raise ConfigError(f"{why} keeps the checkpoint's model.layers: leave them out of --config and --set")
+    return config

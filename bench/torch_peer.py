@@ -1,42 +1,28 @@
-"""The PyTorch peer of ``tinygraph bench``: the same character LM training step in torch.
+"""The PyTorch peer of the benchmark: the same character LM training step in torch.
 
 Embedding -> nn.LSTM/GRU/RNN (batch_first) -> Linear -> cross-entropy, Adam, clip_grad_norm_.
-torch is imported only here and only when a benchmark asks for it, so the rest of the
-project (and the benchmark without torch) never needs it.
+This module imports torch: the benchmark imports it only when torch is installed
+(``bench.probe.torch_version``), so the rest of the project, and the benchmark without torch,
+never needs it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-# cells torch has a layer for; CIFG has no torch counterpart, so its rows carry no ratio
-TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
-
-
-def torch_version() -> str | None:
-    """torch's version when it can be imported, else None (without importing it for nothing)."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    try:
-        import torch
-    except Exception:  # a broken install counts as missing: the benchmark still runs
-        return None
-    return str(torch.__version__)
+from models.recurrent import CELLS
 
 
 def cuda_available() -> bool:
-    import torch
-
     return bool(torch.cuda.is_available())
 
 
 def configure(threads: int, device: str) -> None:
     """Give torch the same CPU threads as NumPy's BLAS; keep CUDA maths in true float32."""
-    import torch
-
     torch.set_num_threads(threads)
     if device == "gpu":
         # TF32 would compare a 10-bit-mantissa GEMM against CuPy's float32 one
@@ -48,13 +34,9 @@ class TorchStep:
     """One model, optimizer and device: ``step(x, y)`` is a whole training step."""
 
     def __init__(self, cell: str, *, vocab: int, emb: int, hidden: int, layers: int, device: str, seed: int = 0):
-        import torch
-        from torch import nn
-
-        self.torch = torch
         torch.manual_seed(seed)
         self.device = torch.device("cuda" if device == "gpu" else "cpu")
-        rnn_class = getattr(nn, TORCH_CELLS[cell])
+        rnn_class = getattr(nn, CELLS[cell].torch_name)
         self.embedding = nn.Embedding(vocab, emb)
         self.rnn = rnn_class(emb, hidden, num_layers=layers, batch_first=True)
         self.dense = nn.Linear(hidden, vocab)
@@ -65,11 +47,10 @@ class TorchStep:
 
     def to_device(self, ids: np.ndarray) -> Any:
         """Host int ids -> a torch long tensor on this step's device (done once per batch, untimed)."""
-        return self.torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
 
     def step(self, x: Any, y: Any) -> Any:
         """Forward, BPTT, global-norm clip 5.0, Adam update; returns the loss tensor."""
-        torch = self.torch
         self.opt.zero_grad(set_to_none=True)
         out, _ = self.rnn(self.embedding(x))
         logits = self.dense(out)
@@ -81,15 +62,15 @@ class TorchStep:
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
+            torch.cuda.synchronize()
 
     def gpu_memory_start(self) -> int:
         """Reset the peak counter; the bytes already held (weights, Adam state, batch)."""
         self.opt.zero_grad(set_to_none=True)  # last step's gradients must not count as already held
         self.synchronize()
-        self.torch.cuda.reset_peak_memory_stats()
-        return int(self.torch.cuda.memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
 
     def gpu_memory_peak(self) -> int:
         self.synchronize()
-        return int(self.torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_allocated())
