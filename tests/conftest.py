@@ -1,7 +1,12 @@
-"""Shared fixtures: every test that takes ``device`` runs on NumPy and, where present, on CuPy."""
+"""Shared fixtures: every test that takes ``device`` runs on NumPy and, where present, on CuPy.
+
+``TINYGRAPH_REQUIRE_GPU=1`` turns "no GPU here" from a skip into a failure, for the runs on GPU
+machines: a broken CuPy or driver must not leave a green run in which every GPU case skipped.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import cache
 
@@ -9,6 +14,9 @@ import pytest
 
 import models
 import tinygraph as tg
+from tinygraph.ops import workspace
+
+REQUIRE_GPU = "TINYGRAPH_REQUIRE_GPU"
 
 
 @cache
@@ -23,13 +31,27 @@ def gpu_unavailable_reason() -> str | None:
     return None
 
 
+def gpu_required() -> bool:
+    """True when TINYGRAPH_REQUIRE_GPU asks for the GPU tests to run (anything but '', 0, false, no)."""
+    return os.environ.get(REQUIRE_GPU, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_without_gpu() -> None:
+    """Skip the calling test, with the reason, where the GPU backend is unavailable; fail instead
+    when TINYGRAPH_REQUIRE_GPU is set."""
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        return
+    if gpu_required():
+        pytest.fail(f"{REQUIRE_GPU} is set but the GPU backend is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"GPU backend not tested here: {reason}")
+
+
 @pytest.fixture(params=["cpu", "gpu"])
 def device(request: pytest.FixtureRequest) -> Iterator[str]:
     """The default device for the test: 'cpu' (NumPy) or 'gpu' (CuPy, skipped with its reason)."""
     if request.param == "gpu":
-        reason = gpu_unavailable_reason()
-        if reason:
-            pytest.skip(f"GPU backend not tested here: {reason}")
+        skip_without_gpu()
     previous = tg.get_device()
     tg.set_device(request.param)
     try:
@@ -41,6 +63,34 @@ def device(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _fresh_random_stream() -> None:
     tg.manual_seed(0)
+
+
+@pytest.fixture
+def pooled_workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The workspace pool engaged for arrays of every size (it normally starts at MIN_BYTES = 1 MiB,
+    above every array of the gradient checks), and empty before and after the test."""
+    workspace.clear()
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    try:
+        yield
+    finally:
+        workspace.clear()
+
+
+@pytest.fixture(params=[False, True], ids=["no-pool", "pool"])
+def workspace_pool(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Run the test as usual, then again with the pool reusing arrays of every size (see above).
+
+    The pooled run must have taken arrays from the pool, or it tested nothing new.
+    """
+    if not request.param:
+        yield False
+        return
+    if "device" in request.fixturenames and request.getfixturevalue("device") == "gpu":
+        pytest.skip("the workspace pool serves NumPy arrays only (CuPy has a memory pool of its own)")
+    request.getfixturevalue("pooled_workspace")
+    yield True
+    assert workspace.held_bytes() > 0, "the test never took an array from the workspace pool"
 
 
 def bind(module: models.Module, tensors: dict[str, tg.Tensor]) -> None:

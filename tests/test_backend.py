@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gpu_unavailable_reason
+from conftest import REQUIRE_GPU, gpu_unavailable_reason
 
 import tinygraph as tg
 from tinygraph import backend
+
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def test_gpu_without_cupy_is_a_clear_device_error(restore_device: None) -> None:
     if gpu_unavailable_reason() is None:
         pytest.skip("a GPU is available here: the missing-GPU error cannot be provoked")
     before = tg.get_device()
-    with pytest.raises(tg.DeviceError) as info:
+    with pytest.raises(tg.DeviceError, match=r"^(the GPU needs CuPy|CuPy is installed but no (usable )?GPU)") as info:
         tg.set_device("gpu")
     assert isinstance(info.value, tg.TinygraphError)
     message = str(info.value)
@@ -124,3 +127,41 @@ def test_round_trip_through_the_device_fixture(device: str) -> None:
     assert backend.device_of(on) == device
     np.testing.assert_array_equal(backend.to_numpy(on), a)
     assert tg.get_array_module(on) is backend.default_xp()
+
+
+# --- TINYGRAPH_REQUIRE_GPU: on a GPU machine, a broken CuPy or driver must not pass as "skipped" -----
+
+TINY_TESTS = """
+from test_gpu import gpu  # noqa: F401 - test_gpu's fixture, as its tests use it
+
+
+def test_on_each_device(device):
+    assert device in ("cpu", "gpu")
+
+
+def test_on_the_gpu(gpu):
+    assert gpu.__name__ == "cupy"
+"""
+
+
+@pytest.mark.parametrize("required", ["1", "0", None], ids=["set", "zero", "unset"])
+def test_require_gpu_turns_a_missing_gpu_into_a_failure(tmp_path: Path, required: str | None) -> None:
+    """pytest on a generated file with the ``device`` and ``gpu`` fixtures, in a subprocess."""
+    (tmp_path / "test_tiny.py").write_text(TINY_TESTS)
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYGRAPH_DEVICE", REQUIRE_GPU)}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent)])
+    if required is not None:
+        env[REQUIRE_GPU] = required
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "conftest", "-p", "no:cacheprovider", "test_tiny.py"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+    if gpu_unavailable_reason() is None:  # a GPU machine: everything runs, whatever the switch says
+        assert result.returncode == 0 and "3 passed" in summary, result.stdout + result.stderr
+    elif required == "1":
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "1 passed, 2 errors" in summary, result.stdout  # failed in the fixtures: errors
+        assert result.stdout.count(f"{REQUIRE_GPU} is set but the GPU backend is unavailable") == 2, result.stdout
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 passed, 2 skipped" in summary, result.stdout
+        assert result.stdout.count("GPU backend not tested here") == 2, result.stdout

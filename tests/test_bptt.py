@@ -3,6 +3,9 @@
 Every recurrent layer is checked in both of its forms (one fused op per step, or the cell written
 out in primitive ops) over several steps, two layers, a non-zero initial state and non-zero biases:
 outputs, final states and the gradients of all parameters, of the input and of the initial state.
+The edge sizes (one step, which is first and last; one hidden unit; a batch of one) and dropout
+between the layers are checked too, and the checks run a second time with the workspace pool
+reusing arrays of every size (``workspace_pool``), as it does for the large arrays of training.
 """
 
 from __future__ import annotations
@@ -15,15 +18,9 @@ from conftest import bind
 
 import models
 import tinygraph as tg
+from models.recurrent import CELLS
 from tinygraph import backend
 
-CELLS: dict[str, type[models.Recurrent]] = {
-    "rnn": models.RNN,
-    "lstm": models.LSTM,
-    "cifg": models.CIFG,
-    "gru": models.GRU,
-}
-GATES = {"rnn": 1, "lstm": 4, "cifg": 3, "gru": 3}
 # the gate tags a primitive step carries (besides "recurrent", "gates", "hidden")
 PARTS = {
     "rnn": {"hidden"},
@@ -32,6 +29,7 @@ PARTS = {
     "gru": {"reset gate", "update gate", "candidate", "hidden"},
 }
 TOL = 1e-6  # worst relative error of a float64 central-difference check
+DROPOUT_SEED = 11  # set before every evaluation: each one draws the same dropout masks
 
 
 def host(a: Any) -> np.ndarray:
@@ -39,10 +37,17 @@ def host(a: Any) -> np.ndarray:
 
 
 def make_layer(
-    cell: str, input_size: int, hidden: int, layers: int = 2, fused: bool = True, seed: int = 0, scale: float = 0.7
+    cell: str,
+    input_size: int,
+    hidden: int,
+    layers: int = 2,
+    fused: bool = True,
+    seed: int = 0,
+    scale: float = 0.7,
+    dropout: float = 0.0,
 ) -> models.Recurrent:
     """A float64 layer whose weights and (non-zero) biases are drawn from ``seed``, whatever the form."""
-    layer = CELLS[cell](input_size, hidden, layers, fused=fused).astype(np.float64)
+    layer = CELLS[cell](input_size, hidden, layers, dropout=dropout, fused=fused).astype(np.float64)
     rs = np.random.default_rng(seed)
     layer.load_state_dict({n: rs.uniform(-scale, scale, p.shape) for n, p in layer.named_parameters()})
     return layer
@@ -61,6 +66,7 @@ def layer_fn(layer: models.Recurrent, names: list[str]) -> Any:
     def fn(x: tg.Tensor, *rest: tg.Tensor) -> tuple[tg.Tensor, ...]:
         state, params = rest[:n_state], rest[n_state:]
         bind(layer, dict(zip(names, params)))
+        tg.manual_seed(DROPOUT_SEED)  # dropout draws from the framework's stream: the same masks every time
         out, final = layer(x, state if layer.has_cell_state else state[0])
         return (out, *final) if layer.has_cell_state else (out, final)
 
@@ -75,22 +81,42 @@ def check_inputs(layer: models.Recurrent, x: np.ndarray, state: list[np.ndarray]
 # --- gradient checks of the whole unrolled layer ----------------------------------------------------
 
 
+# (batch, steps, input, hidden, layers, dropout between the layers)
+SIZES = {
+    "B2-T4-H2": (2, 4, 3, 2, 2, 0.0),
+    "T1": (2, 1, 3, 2, 2, 0.0),  # the one step is the first and the last
+    "H1": (2, 4, 3, 1, 2, 0.0),
+    "B1": (1, 4, 3, 2, 2, 0.0),
+    "dropout": (2, 4, 3, 2, 2, 0.4),
+}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "primitive"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_bptt_gradcheck_elementwise(device: str, cell: str, fused: bool) -> None:
-    batch, steps, inp, hidden, layers = 2, 4, 3, 2, 2
-    layer = make_layer(cell, inp, hidden, layers, fused)
+def test_bptt_gradcheck_elementwise(device: str, workspace_pool: bool, cell: str, fused: bool, size: str) -> None:
+    batch, steps, inp, hidden, layers, dropout = SIZES[size]
+    layer = make_layer(cell, inp, hidden, layers, fused, dropout=dropout)
     x = np.random.default_rng(2).uniform(-1, 1, (batch, steps, inp))
     names, inputs = check_inputs(layer, x, initial_state(cell, layers, batch, hidden))
-    result = tg.gradcheck(layer_fn(layer, names), inputs, tol=TOL)
+    fn = layer_fn(layer, names)
+    if dropout:  # the masks drop something, and the same in every evaluation
+        first, again = (host(fn(*map(tg.tensor, inputs))[0].data) for _ in range(2))
+        np.testing.assert_array_equal(first, again)
+        layer.eval()
+        assert not np.allclose(host(fn(*map(tg.tensor, inputs))[0].data), first)
+        layer.train()
+    result = tg.gradcheck(fn, inputs, tol=TOL)
     assert result.ok, str(result)
-    # every input was checked, and every one of them influences the outputs
-    assert len(result.errors) == len(inputs) and all(e is not None for e in result.errors)
+    # every input was checked, and every one of them influences the outputs: its numerical
+    # gradient (which does not trust the backward) is not zero
+    assert len(result.errors) == len(inputs) == len(result.numeric_max)
+    assert all(m is not None and m > 1e-3 for m in result.numeric_max), result.numeric_max
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "primitive"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_bptt_gradcheck_directional_long_unroll(device: str, cell: str, fused: bool) -> None:
+def test_bptt_gradcheck_directional_long_unroll(device: str, workspace_pool: bool, cell: str, fused: bool) -> None:
     batch, steps, inp, hidden, layers = 3, 20, 4, 5, 2
     layer = make_layer(cell, inp, hidden, layers, fused, seed=3)
     x = np.random.default_rng(4).uniform(-1, 1, (batch, steps, inp))
@@ -146,7 +172,7 @@ def run(layer: models.Recurrent, x: np.ndarray, state: list[np.ndarray] | None, 
 
 @pytest.mark.parametrize("with_state", [True, False], ids=["state", "no-state"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_fused_and_primitive_agree(device: str, cell: str, with_state: bool) -> None:
+def test_fused_and_primitive_agree(device: str, workspace_pool: bool, cell: str, with_state: bool) -> None:
     batch, steps, inp, hidden, layers = 3, 7, 4, 5, 2
     x = np.random.default_rng(0).uniform(-1, 1, (batch, steps, inp))
     state = initial_state(cell, layers, batch, hidden) if with_state else None
@@ -161,7 +187,7 @@ def test_fused_and_primitive_agree(device: str, cell: str, with_state: bool) -> 
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_fused_and_primitive_agree_on_a_graph_deeper_than_a_thousand_nodes(cell: str) -> None:
+def test_fused_and_primitive_agree_on_a_graph_deeper_than_a_thousand_nodes(workspace_pool: bool, cell: str) -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (2, 300, 3))
     primitive_layer = make_layer(cell, 3, 4, 1, fused=False, scale=0.4)
     primitive = run(primitive_layer, x, None)
@@ -242,7 +268,7 @@ def test_input_projection_is_one_linear_node_per_layer_outside_the_loop(cell: st
         node = outside[0]
         assert node.scope["part"] == "input projection"
         # all steps at once, time-major: (T, B, G*H)
-        assert node.out_meta[0][0] == (steps, batch, GATES[cell] * hidden)
+        assert node.out_meta[0][0] == (steps, batch, CELLS[cell].gates * hidden)
         # the input weight is read by that node and by no node inside the time loop
         w_ih = layer._params[f"weight_ih_l{k}"]
         readers = [consumer for leaf, consumer, _ in graph.leaves if leaf is w_ih]

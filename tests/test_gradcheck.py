@@ -167,3 +167,61 @@ def test_nan_in_any_input_is_worst() -> None:
     result = tg.GradcheckResult([1e-12, float("nan"), None], tol=1e-6)
     assert math.isnan(result.worst) and not result.ok
     assert not tg.GradcheckResult([float("nan"), 1e-12], tol=1e-6).ok
+
+
+# --- the element-wise check: errors confined to tiny gradient entries ---------------------------------
+
+
+class WrongWhereTiny(tg.Op):
+    """y = exp(x) with a backward 50 % off, but only where the gradient is below 1e-6."""
+
+    name = "exp_wrong_where_tiny"
+
+    def forward(self, x: Any) -> Any:
+        self.y = np.exp(x)
+        return self.y
+
+    def backward(self, gy: Any) -> Any:
+        g = gy * self.y
+        return np.where(self.y < 1e-6, 1.5 * g, g)
+
+
+SPREAD = np.array([-17.0, -15.0, -1.0, 0.0, 1.0, 2.0])  # exp from 4e-8 to 7.4
+
+
+def test_an_error_confined_to_tiny_entries_passes_the_normalised_check_only() -> None:
+    """The limit documented in tg.gradcheck: max |a - n| / max |n| cannot see this bug; rtol_each can."""
+    old = tg.gradcheck(fresh(WrongWhereTiny), [SPREAD])
+    assert old.ok and old.worst < 1e-7, str(old)  # missed
+    new = tg.gradcheck(fresh(WrongWhereTiny), [SPREAD], rtol_each=1e-5)
+    assert not new.ok, str(new)  # caught
+    assert new.worst == old.worst and new.worst_each > 1e-4  # 20 times over
+    assert "element-wise" in str(new) and "FAILED" in str(new)
+    # and the correct op passes both
+    good = tg.gradcheck(tg.exp, [SPREAD], rtol_each=1e-5)
+    assert good.ok and good.worst_each < 1e-5, str(good)
+
+
+def test_element_wise_errors_are_reported_per_input_and_none_where_not_asked() -> None:
+    result = tg.gradcheck(fresh(ScaledProduct), [X, X[::-1] + 3.0], rtol_each=1e-5)
+    assert len(result.each) == 2 and result.each[0] < 1e-8
+    assert result.each[1] == pytest.approx(1e-3, rel=1e-2)
+    plain = tg.gradcheck(lambda x, ids: Square()(x), [X, np.array([1, 2])])
+    assert plain.each == [None, None] and plain.rtol_each is None and plain.ok
+
+
+def test_numeric_max_says_which_inputs_matter() -> None:
+    result = tg.gradcheck(lambda a, b, c: a * 2.0 + b * 1e-3, [X, X, X])
+    assert result.numeric_max[0] > 0.5 and 1e-5 < result.numeric_max[1] < 1e-2
+    assert result.numeric_max[2] == 0.0  # c is ignored: its gradient is zero, numerically too
+
+
+def test_a_nan_element_fails_the_element_wise_check() -> None:
+    assert not tg.GradcheckResult([1e-9], tol=1e-6, each=[float("nan")], rtol_each=1e-5).ok
+    assert tg.GradcheckResult([1e-9], tol=1e-6, each=[1e-6], rtol_each=1e-5).ok
+
+
+def test_large_inputs_are_differentiated_over_the_step_actually_taken() -> None:
+    """Near 1e9, x +- 1e-6 is rounded to a multiple of 1.2e-7: dividing by 2 eps would be 10 % off."""
+    result = tg.gradcheck(lambda t: (t - 1e9) * 3.0, [np.array([1e9 + 0.5, 1e9 - 2.0])], rtol_each=1e-8)
+    assert result.ok, str(result)

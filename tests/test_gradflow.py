@@ -129,5 +129,6 @@ def test_command_writes_the_plot(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ET.parse(out)
     assert main(["gradflow", "--steps", "1", "--out", str(tmp_path / "x.svg")]) == 2
     assert main(["gradflow", "--out", str(tmp_path / "x.txt")]) == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):  # argparse's exit status for a bad argument
         main(["gradflow", "--cell", "rnn,transformer"])
+    assert "cells are a comma-separated list of rnn, lstm, cifg, gru; got 'rnn,transformer'" in capsys.readouterr().err

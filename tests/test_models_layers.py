@@ -214,8 +214,8 @@ def test_load_state_dict_errors_name_the_weights() -> None:
     with pytest.raises(models.StateDictError, match=r"3.weight has shape \(6, 3\).*expects \(6, 5\)"):
         model.load_state_dict(wrong)
     assert issubclass(models.StateDictError, tg.TinygraphError)
-    for exc_input in (missing, wrong):
-        with pytest.raises(tg.TinygraphError) as info:
+    for exc_input, message in ((missing, "missing"), (wrong, "has shape")):
+        with pytest.raises(tg.TinygraphError, match=message) as info:
             model.load_state_dict(exc_input)
         assert "\n" not in str(info.value)
 
@@ -306,12 +306,19 @@ def test_recurrent_layer_rejects_bad_input_and_state(cell: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"hidden_size": 0}, {"hidden_size": 2.0}, {"num_layers": 0}, {"input_size": True}, {"dropout": 1.0}],
+    ("kwargs", "message"),
+    [
+        ({"hidden_size": 0}, r"^LSTM hidden_size must be a positive integer, not 0$"),
+        ({"hidden_size": 2.0}, r"^LSTM hidden_size must be a positive integer, not 2\.0$"),
+        ({"num_layers": 0}, r"^LSTM num_layers must be a positive integer, not 0$"),
+        ({"input_size": True}, r"^LSTM input_size must be a positive integer, not True$"),
+        ({"dropout": 1.0}, r"^dropout probability must be in \[0, 1\), not 1\.0$"),
+    ],
+    ids=["hidden_size 0", "hidden_size 2.0", "num_layers 0", "input_size True", "dropout 1"],
 )
-def test_recurrent_layer_rejects_bad_sizes(kwargs: dict[str, Any]) -> None:
+def test_recurrent_layer_rejects_bad_sizes(kwargs: dict[str, Any], message: str) -> None:
     args = {"input_size": 3, "hidden_size": 4, **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         models.LSTM(**args)
 
 

@@ -1,7 +1,9 @@
 """One test per op: a float64 gradient check on several shapes and forward values against NumPy.
 
 Every test takes the ``device`` fixture, so it runs on NumPy and (where CuPy and a GPU exist) on
-CuPy; inputs are made on the host and moved by ``tg.tensor`` / ``tg.gradcheck``.
+CuPy; inputs are made on the host and moved by ``tg.tensor`` / ``tg.gradcheck``.  Every gradient
+check is also element-wise (``rtol_each``): the plain check is normalised by the largest gradient
+entry and would let an error confined to tiny entries pass.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import pytest
 
 import tinygraph as tg
 from tinygraph import backend
+from tinygraph.ops import _util, nn
 
 TOL = 1e-6  # worst relative error allowed by every gradient check here
+RTOL_EACH = 1e-5  # and per element: |a - n| <= RTOL_EACH * (|n| + 1e-4)
 
 
 def rand(*shape: int, seed: int = 0, low: float = -2.0, high: float = 2.0) -> np.ndarray:
@@ -29,9 +33,9 @@ def away_from_zero(*shape: int, seed: int = 0) -> np.ndarray:
 
 
 def check(fn: Callable[..., Any], *inputs: Any) -> None:
-    result = tg.gradcheck(fn, list(inputs), tol=TOL)
+    result = tg.gradcheck(fn, list(inputs), tol=TOL, rtol_each=RTOL_EACH)
     assert result.ok, str(result)
-    assert result.worst <= TOL
+    assert result.worst <= TOL and result.worst_each <= RTOL_EACH
 
 
 def forward(fn: Callable[..., Any], *inputs: Any) -> Any:
@@ -151,6 +155,34 @@ def test_relu_gradient_is_the_mask(device: str) -> None:
     np.testing.assert_array_equal(backend.to_numpy(x.grad), [0.0, 0.0, 1.0, 1.0])
 
 
+LOGITS_FAR_APART = np.array([[-15.0, -5.0, 0.0, 12.0], [3.0, -9.0, 8.0, 0.5]])
+# ops whose gradient entries span many orders of magnitude: a wrong tiny entry is invisible to a
+# check normalised by the largest one, so these are the checks the element-wise test is for
+SPREAD = {
+    "sigmoid": (tg.sigmoid, np.linspace(-18.0, 18.0, 7)),  # sigmoid' from 1.5e-8 to 0.25
+    "tanh": (tg.tanh, np.linspace(-9.0, 9.0, 7)),
+    "exp": (tg.exp, np.linspace(-20.0, 2.0, 7)),
+    "softmax": (lambda t: tg.softmax(t, -1), LOGITS_FAR_APART),
+    "cross-entropy": (lambda t: tg.softmax_cross_entropy(t, np.array([3, 1])), LOGITS_FAR_APART),
+    "div": (lambda t: 1e-3 / t, np.array([1e-1, 1.0, 30.0, 300.0])),
+}
+
+
+@pytest.mark.parametrize("name", list(SPREAD))
+def test_gradients_spanning_orders_of_magnitude(device: str, name: str) -> None:
+    fn, x = SPREAD[name]
+    result = tg.gradcheck(fn, [x], tol=TOL, rtol_each=RTOL_EACH)
+    assert result.ok, str(result)
+    assert result.numeric_max[0] > 1e4 * _smallest_gradient(fn, x)  # the spread the test is about
+
+
+def _smallest_gradient(fn: Callable[..., Any], x: np.ndarray) -> float:
+    t = tg.tensor(x, requires_grad=True)
+    y = fn(t)
+    (y * tg.tensor(np.random.default_rng(0).standard_normal(y.shape))).sum().backward()
+    return float(np.abs(backend.to_numpy(t.grad)).min())
+
+
 # --- Tensor operators, reflected forms included -------------------------------------------------
 
 OPERATORS = {
@@ -243,10 +275,25 @@ def test_matmul_with_a_constant_on_the_left(device: str) -> None:
     check(lambda y: backend.to_device(a) @ y, b)
 
 
-@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 4, 5), (1, 5)], ids=str)
+LINEAR_SHAPES = [  # (x, W): W is (out, in)
+    ((5,), (3, 5)),
+    ((3, 5), (3, 5)),
+    ((2, 4, 5), (3, 5)),  # a (B, T, in) batch
+    ((1, 5), (3, 5)),
+    ((1, 1), (1, 1)),
+    ((4, 1), (3, 1)),  # one input feature
+    ((2, 3, 4), (1, 4)),  # one output
+    ((1, 1, 3), (7, 3)),
+    ((3, 2, 1, 7), (5, 7)),  # two leading dims and a 1
+    ((7, 3), (5, 3)),  # odd sizes
+]
+
+
+@pytest.mark.parametrize("shapes", LINEAR_SHAPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear(device: str, x_shape: tuple, bias: bool) -> None:
-    x, w, b = rand(*x_shape, seed=13), rand(3, 5, seed=14), rand(3, seed=15)
+def test_linear(device: str, workspace_pool: bool, shapes: tuple, bias: bool) -> None:
+    (x_shape, w_shape), out = shapes, shapes[1][0]
+    x, w, b = rand(*x_shape, seed=13), rand(*w_shape, seed=14), rand(out, seed=15)
     inputs = [x, w, b] if bias else [x, w]
     expected = x @ w.T + (b if bias else 0)
     assert_close(forward(tg.linear, *inputs), expected)
@@ -330,28 +377,51 @@ def test_transpose_property_and_method_forms(device: str) -> None:
     check(lambda t: t.T, x)
 
 
-GETITEM_CASES = {
-    "int": 1,
-    "negative int": -1,
-    "basic slice": slice(1, 3),
-    "negative step": (slice(None), slice(None, None, -1)),
-    "step -2 and int": (slice(None, None, -2), 1),
-    "ellipsis and newaxis": (Ellipsis, None, 0),
-    "empty slice": slice(2, 2),
-    "int array with repeats": np.array([0, 3, 0, 0, 2]),
-    "list with repeats": [1, 1, 2],
-    "two int arrays": (np.array([0, 1, 1, 3]), np.array([2, 2, 0, 2])),
-    "slice and int array": (slice(1, None), np.array([2, 2, 1])),
-    "2-D int array": np.array([[0, 1], [1, 0]]),
-    "boolean mask rows": np.array([True, False, True, True]),
-    "boolean mask elements": rand(4, 3, seed=21) > 0,
+GETITEM_CASES = {  # name: (input shape, index)
+    "int": ((4, 3), 1),
+    "negative int": ((4, 3), -1),
+    "basic slice": ((4, 3), slice(1, 3)),
+    "negative step": ((4, 3), (slice(None), slice(None, None, -1))),
+    "step -2 and int": ((4, 3), (slice(None, None, -2), 1)),
+    "ellipsis and newaxis": ((4, 3), (Ellipsis, None, 0)),
+    "empty slice": ((4, 3), slice(2, 2)),
+    "int array with repeats": ((4, 3), np.array([0, 3, 0, 0, 2])),
+    "list with repeats": ((4, 3), [1, 1, 2]),
+    "two int arrays": ((4, 3), (np.array([0, 1, 1, 3]), np.array([2, 2, 0, 2]))),
+    "slice and int array": ((4, 3), (slice(1, None), np.array([2, 2, 1]))),
+    "2-D int array": ((4, 3), np.array([[0, 1], [1, 0]])),
+    "boolean mask rows": ((4, 3), np.array([True, False, True, True])),
+    "boolean mask elements": ((4, 3), rand(4, 3, seed=21) > 0),
+    # a vector
+    "1-D int": ((7,), 3),
+    "1-D negative int": ((7,), -7),
+    "1-D step 3": ((7,), slice(1, None, 3)),
+    "1-D negative step from a negative start": ((7,), slice(-2, None, -2)),
+    "1-D fancy with negatives and repeats": ((7,), np.array([6, -1, 0, -7, 6, 2])),
+    "1-D fancy, negatives aliasing positives": ((7,), np.array([6, -1, 0, -7, 3])),  # no value repeats
+    "1-D boolean mask": ((7,), np.array([True, False, False, True, True, False, True])),
+    # a (B, T, H) batch, as a recurrent layer's output
+    "3-D int int": ((3, 4, 2), (1, -1)),
+    "3-D last step": ((3, 4, 2), (slice(None), -1)),
+    "3-D steps and reversed units": ((3, 4, 2), (slice(None), slice(None, None, 2), slice(None, None, -1))),
+    "3-D ellipsis and int": ((3, 4, 2), (Ellipsis, 1)),
+    "3-D fancy with repeats on an inner axis": ((3, 4, 2), (slice(None), np.array([3, 0, 3, -1]))),
+    "3-D fancy split by a slice": ((3, 4, 2), (np.array([0, 2, 0]), slice(None), np.array([1, 0, 1]))),
+    "3-D fancy, step slice and int": ((3, 4, 2), (np.array([2, 2, 0]), slice(1, None, 2), -1)),
+    "3-D 2-D boolean mask": ((3, 4, 2), rand(3, 4, seed=24) > 0),
+    "3-D boolean mask then int": ((3, 4, 2), (np.array([False, True, True]), slice(None), 0)),
+    # sizes of 1
+    "(1, 1) int int": ((1, 1), (0, -1)),
+    "(1, 1) repeated fancy": ((1, 1), np.array([0, 0, -1])),
+    "(1, 1) boolean mask": ((1, 1), np.array([[True]])),
+    "(1, 3) new axis and reversed": ((1, 3), (None, 0, slice(None, None, -1))),
 }
 
 
 @pytest.mark.parametrize("name", list(GETITEM_CASES))
 def test_getitem(device: str, name: str) -> None:
-    index = GETITEM_CASES[name]
-    x = rand(4, 3, seed=22)
+    shape, index = GETITEM_CASES[name]
+    x = rand(*shape, seed=22)
     assert_close(forward(lambda t: t[index], x), x[index])
     assert_close(forward(lambda t: tg.getitem(t, index), x), x[index])
     check(lambda t: t[index], x)
@@ -508,6 +578,51 @@ def test_embedding(device: str, ids: Any) -> None:
     w = rand(5, 3, seed=80)
     assert_close(forward(lambda t: tg.embedding(ids, t), w), w[ids])
     check(lambda t: tg.embedding(ids, t), w)
+
+
+@pytest.mark.parametrize(
+    "n_ids",
+    [20, 100],
+    ids=["np.add.at", "sorted reduceat"],  # scatter_add's two branches (> 64 ids)
+)
+def test_embedding_over_a_vocabulary_too_large_for_the_one_hot_gemm(device: str, n_ids: int) -> None:
+    vocab = nn.ONE_HOT_MAX_VOCAB + 44
+    rs = np.random.default_rng(84)
+    ids = rs.integers(0, 30, size=n_ids)  # many repeats
+    ids[:4] = [0, vocab - 1, vocab - 1, 150]  # the first and last rows too
+    ids = ids.reshape(-1, 4) if n_ids > 64 else ids  # (N/4, 4) ids are flattened to N
+    w = rand(vocab, 2, seed=85)
+    assert_close(forward(lambda t: tg.embedding(ids, t), w), w[ids])
+    check(lambda t: tg.embedding(ids, t), w)
+    # the repeated rows' gradients are sums: the fast branch adds each run of equal ids once
+    g = tg.tensor(np.zeros((vocab, 2)), requires_grad=True)
+    tg.embedding(ids, g).backward(np.ones((*ids.shape, 2)))
+    counts = np.bincount(ids.reshape(-1), minlength=vocab).astype(float)
+    np.testing.assert_array_equal(backend.to_numpy(g.grad), np.stack([counts, counts], axis=1))
+
+
+def test_getitem_with_more_than_64_indices_negative_and_repeated(device: str) -> None:
+    """A 1-D integer index over the first axis of more than 64 entries takes scatter_add's sorted path."""
+    rs = np.random.default_rng(86)
+    index = rs.integers(-10, 10, size=100)
+    index[:3] = [-1, 9, -10]  # -1 and 9 are the same row, as are -10 and 0
+    x = rand(10, 2, seed=87)
+    assert_close(forward(lambda t: t[index], x), x[index])
+    check(lambda t: t[index], x)
+
+
+@pytest.mark.parametrize("n", [1, 64, 65, 300])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16])
+def test_scatter_add_equals_np_add_at(n: int, dtype: Any) -> None:
+    rs = np.random.default_rng(n)
+    low = 0 if np.dtype(dtype).kind == "u" else -12
+    index = rs.integers(low, 12, size=n).astype(dtype)
+    values = rs.standard_normal((n, 3))
+    target = rs.standard_normal((12, 3))
+    want = target.copy()
+    np.add.at(want, index, values)
+    _util.scatter_add(target, index, values)
+    np.testing.assert_allclose(target, want, rtol=1e-13, atol=1e-13)
 
 
 def test_embedding_repeated_ids_add_their_gradients(device: str) -> None:

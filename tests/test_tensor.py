@@ -68,7 +68,7 @@ def test_item(device: str) -> None:
     assert tg.tensor(2.5).item() == 2.5
     assert tg.tensor([[7.0]]).item() == 7.0
     assert isinstance(tg.tensor(np.array(3)).item(), float)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="only convert an array of size 1"):  # NumPy's message, as torch's
         tg.tensor([1.0, 2.0]).item()
 
 

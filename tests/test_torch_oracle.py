@@ -1,7 +1,8 @@
 """PyTorch as an oracle: models.RNN/LSTM/GRU equal torch.nn.RNN/LSTM/GRU given the same weights.
 
 Outputs, final states and every gradient (weights, biases, input, initial state) in float64, for one
-and two layers, with and without an initial state, with fused and with primitive cells.  Skipped,
+and two layers, with and without an initial state, with fused and with primitive cells, and with
+the workspace pool reusing arrays of every size.  Skipped,
 visibly, where torch is not installed.  (CIFG has no torch counterpart: test_models_layers.py checks
 it against its equations written out in NumPy.)
 """
@@ -55,7 +56,9 @@ def test_parameter_names_and_shapes_are_torchs(cell: str) -> None:
 @pytest.mark.parametrize("with_state", [True, False], ids=["state", "no-state"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", list(PAIRS))
-def test_layer_equals_torch(device: str, cell: str, layers: int, with_state: bool, fused: bool) -> None:
+def test_layer_equals_torch(
+    device: str, workspace_pool: bool, cell: str, layers: int, with_state: bool, fused: bool
+) -> None:
     batch, steps, inp, hidden = 3, 6, 4, 5
     ours, theirs = pair(cell, inp, hidden, layers, fused)
     rs = np.random.default_rng(layers)
