@@ -49,14 +49,26 @@ def test_kept_bytes_by_hand() -> None:
 
 
 def test_parameter_count_matches_torch_layout() -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from bench import torch_peer
 
     cfg = cases.Config("x", layers=2, emb=5, hidden=7, batch=1, seq=1)
     for cell in ("lstm", "gru", "rnn"):
         step = torch_peer.TorchStep(cell, vocab=11, emb=5, hidden=7, layers=2, device="cpu")
         assert sum(p.numel() for p in step.params) == cost.parameter_count(cell, cfg, vocab=11), cell
-    assert torch.get_num_threads() >= 1
+
+
+def test_torch_peer_gets_the_threads_it_is_given() -> None:
+    torch = pytest.importorskip("torch")
+    from bench import torch_peer
+
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch_peer.configure(n, "cpu")
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_text_to_ids_keeps_the_most_frequent_characters() -> None:
@@ -140,7 +152,6 @@ def _check_tinygraph_figures(row: dict) -> None:
 
 
 def test_end_to_end_without_torch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path) -> None:
-    pytest.importorskip("models")
     monkeypatch.setattr(probe, "torch_version", lambda: None)
     corpus = tmp_path / "text.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 20, encoding="utf-8")
@@ -157,7 +168,6 @@ def test_end_to_end_without_torch(monkeypatch: pytest.MonkeyPatch, capsys: pytes
 
 
 def test_end_to_end_against_torch(capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("models")
     pytest.importorskip("torch")
     rows, _ = _rows(capsys, [])
     assert [r["cell"] for r in rows] == ["lstm", "gru", "rnn"]
@@ -169,7 +179,6 @@ def test_end_to_end_against_torch(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_primitive_row_reports_graph_overhead(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("models")
     monkeypatch.setattr(probe, "torch_version", lambda: None)
     rows, _ = _rows(capsys, ["--cells", "lstm"], base=[a for a in TINY if a != "--no-primitive"])
     fused, primitive = rows

@@ -313,7 +313,8 @@ def test_rnn_block_gradcheck(device: str, cell: str, fused: bool) -> None:
 
     result = tg.gradcheck(fn, [x, *state, *params])
     assert result.ok, str(result)
-    assert all(e is not None for e in result.errors)
+    # every input influences the output: its numerical gradient is far from zero
+    assert all(m is not None and m > 1e-3 for m in result.numeric_max), result.numeric_max
 
 
 # --- it learns ----------------------------------------------------------------------------------
@@ -328,7 +329,11 @@ SENTENCES = [
 
 
 def test_two_layer_lstm_overfits_a_small_text() -> None:
-    """2,000 characters, five sentences repeating in order: to be learned to under 0.1 nats/char."""
+    """2,000 characters, five sentences repeating in order: to be learned to under 0.1 nats/char.
+
+    Measured on two x86 machines (OpenBLAS): under 0.1 by step 40; 300 steps are allowed, so the
+    rounding of another BLAS library (float32 here) cannot decide the outcome.
+    """
     text = ("".join(SENTENCES) * 20)[:2000]
     chars = sorted(set(text))
     data = np.array([chars.index(c) for c in text])

@@ -89,9 +89,12 @@ def test_unknown_characters_are_named_or_mapped_to_a_stand_in():
     assert v.unknown("axxyb") == Counter({"x": 2, "y": 1})
 
 
-@pytest.mark.parametrize("chars", [[], ["a", "a"], ["ab"], [1]])
-def test_a_bad_stored_vocabulary_is_refused(chars):
-    with pytest.raises(DataError):
+@pytest.mark.parametrize(
+    ("chars", "why"),
+    [([], "at least one character"), (["a", "a"], "'a' twice"), (["ab"], "not 'ab'"), ([1], "not 1")],
+)
+def test_a_bad_stored_vocabulary_is_refused(chars, why):
+    with pytest.raises(DataError, match=why):
         Vocab.from_json(chars)
 
 
@@ -106,7 +109,7 @@ def test_split_is_contiguous_with_the_validation_part_last():
     assert len(val) == 250 and text.endswith(val)
     # a tiny fraction still leaves one (input, target) pair to validate on
     assert len(split_text("abcdefghij", 0.01)[1]) == 2
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
         split_text(text, 1.0)
 
 
@@ -182,7 +185,7 @@ def test_random_windows_are_real_windows_and_resume_exactly():
     b = RandomBatcher(ids, 5, 7, seed=99)
     b.load_state_dict(saved)
     np.testing.assert_array_equal(b.next().x, expected.x)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="is for 'random' batching, this run uses 'stream'"):
         StreamBatcher(ids, 5, 7).load_state_dict(saved)
 
 
@@ -190,7 +193,7 @@ def test_make_batcher_names():
     ids = np.arange(100, dtype=np.int32)
     assert isinstance(make_batcher("stream", ids, 2, 5, 0), StreamBatcher)
     assert isinstance(make_batcher("random", ids, 2, 5, 0), RandomBatcher)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="unknown batching 'shuffle'"):
         make_batcher("shuffle", ids, 2, 5, 0)
 
 

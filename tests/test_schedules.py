@@ -74,8 +74,10 @@ def test_plateau_state_round_trip():
         s.step(4.7)
         s.step(4.8)
         assert s.optimizer.lr == 0.5
-    # before any metric, best is None (JSON has no infinity)
-    assert json.dumps(ReduceLROnPlateau(optimizer()).state_dict())
+    # before any metric, best is None (JSON has no infinity), and the state survives JSON
+    fresh = ReduceLROnPlateau(optimizer()).state_dict()
+    assert fresh["best"] is None
+    assert json.loads(json.dumps(fresh)) == fresh
 
 
 def test_warmup_ramp_then_cosine_to_min_lr():
