@@ -14,6 +14,7 @@ import pytest
 
 import models
 import tinygraph as tg
+from models import cells
 from tinygraph.ops import workspace
 
 REQUIRE_GPU = "TINYGRAPH_REQUIRE_GPU"
@@ -91,6 +92,25 @@ def workspace_pool(request: pytest.FixtureRequest) -> Iterator[bool]:
     request.getfixturevalue("pooled_workspace")
     yield True
     assert workspace.held_bytes() > 0, "the test never took an array from the workspace pool"
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def gate_math(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with each CPU gate math of the fused cells: compiled (numba) and the NumPy reference.
+
+    Where numba is not installed its case skips, saying so; with TINYGRAPH_REQUIRE_NUMBA=1 (CI,
+    whose ``make`` installs numba) that is a failure instead.
+    """
+    if request.param not in cells.gate_maths():
+        if os.environ.get("TINYGRAPH_REQUIRE_NUMBA", "") not in ("", "0"):
+            pytest.fail("numba is required here (TINYGRAPH_REQUIRE_NUMBA) but cannot be imported")
+        pytest.skip("numba is not installed: the compiled gate math is not tested here")
+    previous = cells.get_gate_math()
+    cells.set_gate_math(request.param)
+    try:
+        yield request.param
+    finally:
+        cells.set_gate_math(previous)
 
 
 def bind(module: models.Module, tensors: dict[str, tg.Tensor]) -> None:

@@ -21,6 +21,9 @@ import tinygraph as tg
 from models.recurrent import CELLS
 from tinygraph import backend
 
+# every check here runs with each CPU gate math of the fused cells (numba, and the NumPy reference)
+pytestmark = pytest.mark.usefixtures("gate_math")
+
 # the gate tags a primitive step carries (besides "recurrent", "gates", "hidden")
 PARTS = {
     "rnn": {"hidden"},

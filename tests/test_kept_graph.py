@@ -22,6 +22,9 @@ import tinygraph as tg
 from models.recurrent import CELLS
 from viz.bptt_graph import render_graph
 
+# every check here runs with each CPU gate math of the fused cells (numba, and the NumPy reference)
+pytestmark = pytest.mark.usefixtures("gate_math")
+
 
 def stacked_loss(cell: str, fused: bool) -> tuple[tg.Tensor, list[tg.Tensor]]:
     """sum(out * r) of a 2-layer float64 stack over 5 steps, with a carried state and non-zero biases."""
@@ -158,3 +161,24 @@ def test_models_cells_registry_carries_each_cells_facts() -> None:
         assert cls.cell == name and cls is getattr(models, cls.__name__)
         assert cls.fused_step.name == f"{name}_step"
         assert cls(2, 3).weight_hh_l0.shape == (cls.gates * 3, 3)
+
+
+def test_the_compiled_gate_math_is_the_default_where_numba_is_installed() -> None:
+    from models import cells, numba_kernels
+
+    assert cells.gate_maths()[0] == ("numba" if numba_kernels.available else "numpy")
+    with pytest.raises(tg.TinygraphError, match="unknown gate math 'fast'"):
+        cells.set_gate_math("fast")
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_a_sequence_runs_the_gate_math_chosen_when_it_was_made(cell: str, gate_math: str) -> None:
+    from models import cells
+
+    layer = CELLS[cell](3, 4)
+    seq = layer.fused_step.sequence(
+        np.zeros((2, 1, layer.gates * 4), np.float32), np.zeros((1, 4), np.float32), None, 4
+    )
+    assert seq.math is (
+        cells.NUMPY_GATE_MATH if gate_math == "numpy" else __import__("models.numba_kernels").numba_kernels
+    )

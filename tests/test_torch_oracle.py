@@ -18,6 +18,9 @@ import models
 import tinygraph as tg
 from tinygraph import backend
 
+# every check here runs with each CPU gate math of the fused cells (numba, and the NumPy reference)
+pytestmark = pytest.mark.usefixtures("gate_math")
+
 torch = pytest.importorskip("torch")
 
 PAIRS = {
