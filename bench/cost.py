@@ -6,7 +6,8 @@ units of H) and ``kept_per_step`` ((B, H) blocks backward must find per layer an
 
 from __future__ import annotations
 
-from bench.cases import VOCAB, Config
+from bench.cases import VOCAB, Config, layer_description
+from charlm import memory
 from models.recurrent import CELLS
 
 
@@ -31,16 +32,11 @@ def matmul_flops(cell: str, cfg: Config, vocab: int = VOCAB) -> int:
 
 
 def kept_bytes(cell: str, cfg: Config, vocab: int = VOCAB, itemsize: int = 4) -> int:
-    """Bytes of the activations BPTT must keep from forward to backward.
-
-    N*E (embedding output, the first layer's input) + layers * N * k*H (k, the cell's
-    ``kept_per_step``: gates and states of every step; a layer's input is the previous layer's
-    kept h) + N*V (the softmax of the logits), N = B*T.  Parameter gradients and Adam state are
-    not included.
+    """Bytes of the activations BPTT must keep from forward to backward, as the trainer's memory check
+    counts them (:func:`charlm.memory.kept_bytes`): for the case's layers N*E + layers * N * k*H + N*V,
+    N = B*T, k the cell's ``kept_per_step``.  Parameter gradients and Adam state are not included.
     """
-    n = cfg.batch * cfg.seq
-    kept = CELLS[cell].kept_per_step
-    return itemsize * (n * cfg.emb + cfg.layers * n * kept * cfg.hidden + n * vocab)
+    return memory.kept_bytes(layer_description(cell, cfg), vocab, cfg.batch, cfg.seq, itemsize)
 
 
 def parameter_count(cell: str, cfg: Config, vocab: int = VOCAB) -> int:

@@ -7,6 +7,10 @@ window (``state/*``), and in the metadata the optimizer and schedule state, the 
 config, the step, the data position with the random-window generator, the framework's random
 stream (``tinygraph.random``: dropout masks) and the corpus record.  Sampling and evaluation need
 only the weights, the vocabulary and the config: :func:`read_checkpoint` and :func:`restore_model`.
+
+Reading trusts nothing it has not checked (:func:`check_layout`, before any array's data is read):
+the metadata's fields, every array's dtype and shape against the shapes the layers and the
+vocabulary give, and the memory the arrays need; a model is built only once it fits in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 import tinygraph as tg
 from charlm import config as cfg
+from charlm import memory
 from charlm.corpus import Vocab
 from models import CharLM
 from tinygraph import backend
@@ -66,28 +71,182 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: str | os.PathLike) -> RunCheckpoint:
-    """Load and check a language-model checkpoint; :class:`CheckpointError` naming the file otherwise."""
+    """Load and check a language-model checkpoint; :class:`CheckpointError` naming the file otherwise.
+
+    Its layout is checked (:func:`check_layout`) before any array's data is read.
+    """
     path = Path(path)
-    arrays, meta = ckpt_io.load(path)
+    checked: list[tuple[Vocab, cfg.Config]] = []
+    arrays, meta = ckpt_io.load(path, lambda meta, headers: checked.append(check_layout(meta, headers)))
+    vocab, config = checked[0]
+    return RunCheckpoint(path, arrays, meta, vocab, config)
+
+
+# --- what a checkpoint may hold -----------------------------------------------------------------------
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional(test: Any) -> Any:
+    return lambda v: v is None or test(v)
+
+
+def _corpus_record(v: Any) -> bool:
+    if not isinstance(v, dict):
+        return False
+    char = v.get("unknown_char")
+    return (
+        all(isinstance(v.get(k), str) for k in ("path", "sha256") if k in v)
+        and _optional(_count)(v.get("chars"))
+        and (char is None or (isinstance(char, str) and len(char) == 1))
+    )
+
+
+# the metadata a run writes (pack), each with the test its value passes; "step" is required
+META_FIELDS: dict[str, Any] = {
+    "step": _count,
+    "val_loss": _optional(_number),
+    "best_val_loss": _optional(_number),
+    "loss_sum": _number,
+    "loss_count": _count,
+    "elapsed_s": _number,
+    "saved_at": _number,
+    "corpus": _optional(_corpus_record),
+    "finetuned_from": _optional(lambda v: isinstance(v, str)),
+    "optimizer": lambda v: isinstance(v, dict),
+    "schedule": _optional(lambda v: isinstance(v, dict)),
+    "data": lambda v: isinstance(v, dict),
+    "rng": lambda v: isinstance(v, dict),
+    "layers_spec": _optional(lambda v: isinstance(v, list)),
+}
+# the names optimizer buffers are saved under (``optim/<buffer>.<parameter index>``)
+OPTIMIZER_BUFFERS = frozenset(b for cls in tg.optim.OPTIMIZERS.values() for b in cls.buffer_names)
+
+
+def _foreign(why: str) -> CheckpointError:
+    return CheckpointError(f"not a tinygraph checkpoint: {why}")
+
+
+def _state_layout(config: cfg.Config) -> tuple[Any, list[tuple[int, int]]]:
+    """The JSON description of the recurrent state a run of ``config`` carries (as :func:`pack` writes
+    it) and the (num_layers, hidden_size) of each of its arrays, whose middle axis is the batch."""
+    specs, shapes = [], []
+    for num_layers, hidden, has_cell in memory.recurrent_states(config["model"]["layers"]):
+        parts = []
+        for _ in range(2 if has_cell else 1):
+            parts.append({"tensor": len(shapes)})
+            shapes.append((num_layers, hidden))
+        specs.append({"tuple": parts} if has_cell else parts[0])
+    return {"tuple": specs}, shapes
+
+
+def _expect_float(name: str, header: ckpt_io.ArrayHeader) -> None:
+    if header.dtype.kind != "f":
+        raise _foreign(f"array {name!r} has dtype {header.dtype}, not floating point")
+
+
+def _check_weights(headers: dict[str, ckpt_io.ArrayHeader], shapes: dict[str, tuple[int, ...]]) -> None:
+    for name, want in shapes.items():
+        if name not in headers:
+            raise _foreign(f"it lacks the weights {name!r} its layers have")
+        if headers[name].shape != want:
+            raise _foreign(f"array {name!r} declares shape {headers[name].shape}; its layers make it {want}")
+        _expect_float(name, headers[name])
+
+
+def _check_optimizer(headers: dict[str, ckpt_io.ArrayHeader], shapes: list[tuple[int, ...]]) -> None:
+    for name, header in headers.items():
+        buffer, _, index = name[len("optim/") :].rpartition(".")
+        if buffer not in OPTIMIZER_BUFFERS or not index.isdigit() or int(index) >= len(shapes):
+            raise _foreign(f"unexpected array {name!r} (no optimizer buffer of its model)")
+        if header.shape != shapes[int(index)]:
+            raise _foreign(f"array {name!r} declares shape {header.shape}; its parameter has {shapes[int(index)]}")
+        _expect_float(name, header)
+
+
+def _check_state(headers: dict[str, ckpt_io.ArrayHeader], meta: dict, config: cfg.Config) -> None:
+    spec, shapes = _state_layout(config)
+    carried = meta.get("carried_state")
+    if carried is None:
+        shapes = []
+    elif carried != spec:
+        raise _foreign("its carried_state does not describe the state of its recurrent layers")
+    want = {f"state/{i}": shape for i, shape in enumerate(shapes)}
+    batch = set()
+    for name, header in headers.items():
+        if name not in want:
+            raise _foreign(f"unexpected array {name!r}")
+        (layers, hidden), got = want[name], header.shape
+        if len(got) != 3 or (got[0], got[2]) != (layers, hidden) or got[1] < 1:
+            raise _foreign(f"array {name!r} declares shape {got}; its layer carries ({layers}, batch, {hidden})")
+        _expect_float(name, header)
+        batch.add(got[1])
+    if len(batch) > 1 or len(headers) != len(want):
+        raise _foreign("its recurrent state arrays do not fit together")
+
+
+def check_layout(meta: dict, headers: dict[str, ckpt_io.ArrayHeader]) -> tuple[Vocab, cfg.Config]:
+    """(vocabulary, config) of a checkpoint's metadata, once the metadata's fields and every array's
+    declared dtype and shape (the weights' derived from the layers and the vocabulary, the optimizer's
+    from the weights, the state's from the recurrent layers) are what a run writes, and the arrays fit
+    in memory; :class:`CheckpointError` with the reason otherwise.  Nothing but headers is read.
+    """
     if meta.get("kind") != CHECKPOINT_KIND or "vocab" not in meta or "config" not in meta:
-        raise CheckpointError(f"{path}: a tinygraph checkpoint, but not of a character language model")
+        raise CheckpointError("a tinygraph checkpoint, but not of a character language model")
     try:
         vocab = Vocab.from_json(meta["vocab"])
-        config = cfg.validate(meta["config"], str(path))
+        config = cfg.validate(meta["config"])
     except TinygraphError as exc:
-        raise CheckpointError(f"{path}: damaged metadata ({exc})") from exc
-    if not any(k.startswith("model/") for k in arrays):
-        raise CheckpointError(f"{path}: checkpoint holds no model weights")
-    return RunCheckpoint(path, arrays, meta, vocab, config)
+        raise _foreign(f"damaged metadata ({exc})") from exc
+    if "step" not in meta:
+        raise _foreign("its metadata has no step")
+    for key, test in META_FIELDS.items():
+        if key in meta and not test(meta[key]):
+            raise _foreign(f"damaged metadata: {key} = {str(meta[key])[:80]!r}")
+    weights = {f"model/{k}": v for k, v in memory.parameter_shapes(config["model"]["layers"], len(vocab)).items()}
+    groups: dict[str, dict[str, ckpt_io.ArrayHeader]] = {"model": {}, "optim": {}, "state": {}}
+    for name, header in headers.items():
+        prefix = name.partition("/")[0]
+        if prefix not in groups or (prefix == "model" and name not in weights):
+            raise _foreign(f"unexpected array {name!r}")
+        groups[prefix][name] = header
+    _check_weights(groups["model"], weights)
+    _check_optimizer(groups["optim"], list(weights.values()))
+    _check_state(groups["state"], meta, config)
+    need = sum(h.nbytes for h in headers.values())
+    room = memory.usable_bytes("cpu")  # arrays are read into host memory first
+    if room is not None and need > room[0]:
+        raise CheckpointError(
+            f"its arrays need {memory.format_bytes(need)} of memory, more than the "
+            f"{memory.format_bytes(room[1])} available can hold"
+        )
+    return vocab, config
 
 
 # --- the model ----------------------------------------------------------------------------------------
 
 
-def build_model(config: cfg.Config, vocab_size: int) -> CharLM:
-    """The CharLM the config describes (``train.dropout`` filled into tables that set no rate)."""
+def build_model(config: cfg.Config, vocab_size: int, *, training: bool = True) -> CharLM:
+    """The CharLM the config describes (``train.dropout`` filled into tables that set no rate).
+
+    Refused before anything is allocated when it cannot fit in memory (:func:`charlm.config.check_memory`):
+    the model and a training step, or with ``training`` False the weights alone, on the current device.
+    """
+    need = cfg.check_memory(config, vocab_size, tg.get_device(), training=training)
     layers = cfg.layers_with_dropout(config["model"]["layers"], config["train"]["dropout"])
-    return CharLM.from_layers(vocab_size, layers, fused=config["model"]["fused"])
+    try:
+        return CharLM.from_layers(vocab_size, layers, fused=config["model"]["fused"])
+    except MemoryError:
+        raise cfg.ConfigError(
+            f"the model ({need.parameters:,} parameters, {memory.format_bytes(need.weights)}) cannot be "
+            "allocated: out of memory"
+        ) from None
 
 
 def load_weights(model: CharLM, ckpt: RunCheckpoint) -> None:
@@ -102,7 +261,7 @@ def load_weights(model: CharLM, ckpt: RunCheckpoint) -> None:
 def restore_model(ckpt: RunCheckpoint) -> CharLM:
     """The checkpoint's model with its weights, in eval mode, on the current default device."""
     try:
-        model = build_model(ckpt.config, len(ckpt.vocab))
+        model = build_model(ckpt.config, len(ckpt.vocab), training=False)
     except TinygraphError as exc:
         raise CheckpointError(f"{ckpt.path}: its model cannot be built ({exc})") from exc
     load_weights(model, ckpt)

@@ -9,7 +9,8 @@ bare string, so ``train.optimizer=adamw`` works without quotes.  The ``[model]``
 checked by the model zoo's own check (:func:`models.charlm.check_layers`), the one there is.
 
 :func:`resolve` is the one place a run's config is made: from the defaults (or the checkpoint a
-run resumes or fine-tunes), a TOML file, the ``--set`` overrides and the shortcut options.
+run resumes or fine-tunes), a TOML file, the ``--set`` overrides and the shortcut options; it also
+refuses a model and batch that cannot fit in memory (:func:`check_memory`), stating the estimate.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charlm import memory
 from models.charlm import RECURRENT, LayerSpecError, check_layers
 from tinygraph.errors import TinygraphError
 
@@ -133,6 +135,8 @@ def check_value(section: str, key: str, value: Any, where: str = "") -> Any:
         raise ConfigError(f"{name}{where} must be {_type_name(spec.type)}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}{where} must be finite, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{name}{where} must be a 64-bit integer (TOML's), got {value!r}")
     if spec.check is not None and not spec.check(value):
         raise ConfigError(f"{name}{where} must be {spec.want}, got {value!r}")
     if key == "layers":
@@ -249,6 +253,49 @@ def layers_with_dropout(layers: list[dict[str, Any]], dropout: float) -> list[di
     return out
 
 
+def check_consistent(config: Config) -> None:
+    """The rules between keys, each value being valid on its own."""
+    tc = config["train"]
+    if tc["min_lr"] > tc["learning_rate"]:
+        raise ConfigError(
+            f"train.min_lr ({tc['min_lr']!r}) must not exceed train.learning_rate ({tc['learning_rate']!r}): "
+            "it is the floor the schedule lowers the rate to"
+        )
+
+
+def check_memory(
+    config: Config, vocab_size: int | None = None, device: str | None = None, *, training: bool = True
+) -> memory.Estimate:
+    """The memory the model and one training step of ``config`` take; :class:`ConfigError`, stating the
+    estimate and what is available, when that cannot fit on ``device`` (default ``train.device``).
+
+    The estimate (:func:`charlm.memory.training_estimate`) counts weights, gradients, optimizer state
+    and the activations BPTT keeps (``training`` False: the weights alone, for sampling and scoring);
+    a run may plan on ``memory.USABLE_SHARE`` of the memory available.  ``vocab_size`` None stands for
+    the smallest vocabulary: a lower bound, checked before the corpus is read.  Nothing is allocated.
+    """
+    tc = config["train"]
+    device = device or tc["device"]
+    layers = layers_with_dropout(config["model"]["layers"], tc["dropout"])
+    need = memory.training_estimate(layers, vocab_size or 1, tc["batch_size"], tc["seq_len"], tc["optimizer"])
+    room = memory.usable_bytes(device)
+    if room is None or (need.total if training else need.weights) <= room[0]:
+        return need
+    amount = "about" if vocab_size else "at least"  # the smallest vocabulary gives a lower bound
+    what = (
+        f"model.layers with train.batch_size = {tc['batch_size']} and train.seq_len = {tc['seq_len']} need "
+        f"{amount} {need.describe()}"
+        if training
+        else f"the weights of model.layers need {amount} {memory.format_bytes(need.weights)} "
+        f"({need.parameters:,} parameters)"
+    )
+    where = "GPU memory free" if device == "gpu" else "memory available"
+    raise ConfigError(
+        f"{what}, more than the {memory.format_bytes(room[1])} of {where}: "
+        "make the layers, the batch or the sequence smaller"
+    )
+
+
 def resolve(
     file: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
@@ -265,7 +312,9 @@ def resolve(
     None means not given).  A run continued from a checkpoint keeps its layers (``model.fused`` may
     change: both forms of a cell have the same weights).  A resumed run (``resume``) takes no file,
     and its time budget starts at 0: a budget holds for one invocation and is given again to stop
-    this one.
+    this one.  The result is checked as a whole: the rules between keys (:func:`check_consistent`),
+    and the memory the model and a training step would take (:func:`check_memory`), before anything
+    is allocated.
     """
     if resume and checkpoint is None:
         raise ValueError("resolve(resume=True) needs the config of the checkpoint it resumes")
@@ -285,4 +334,7 @@ def resolve(
     if checkpoint is not None and config["model"]["layers"] != checkpoint["model"]["layers"]:
         why = "--resume" if resume else "finetune"
         raise ConfigError(f"{why} keeps the checkpoint's model.layers: leave them out of --config and --set")
+    check_consistent(config)
+    if config["train"]["device"] == "cpu":  # a GPU is asked only once it is chosen: build_model checks there
+        check_memory(config)
     return config

@@ -13,13 +13,14 @@ import argparse
 import time
 from pathlib import Path
 
-from cli.options import OptionError
+from cli.options import OptionError, at_least, between, writable_file
 from models.recurrent import CELLS
 
 # sizes small enough for every number on the drawing to stay legible
 VOCAB, EMBED, HIDDEN, BATCH = 5, 3, 4, 2
 # beyond these the drawing is too large to read and dot takes many seconds
 MAX_STEPS = {"op": 50, "cell": 200}
+MAX_LAYERS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,18 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> Path:
     """Refuse out-of-range values with one line; returns the output path."""
-    if args.steps < 1 or args.steps > MAX_STEPS[args.level]:
+    if not 1 <= args.steps <= MAX_STEPS[args.level]:
         hint = " (use --level cell for long unrolls)" if args.level == "op" else ""
-        raise OptionError(f"--steps must be between 1 and {MAX_STEPS[args.level]} at --level {args.level}{hint}")
-    if args.layers < 1 or args.layers > 8:
-        raise OptionError(f"--layers must be between 1 and 8, got {args.layers}")
-    if args.seed < 0:
-        raise OptionError(f"--seed must be >= 0, got {args.seed}")
+        raise OptionError(
+            f"--steps must be between 1 and {MAX_STEPS[args.level]} at --level {args.level}{hint}, got {args.steps}"
+        )
+    between("--layers", args.layers, 1, MAX_LAYERS)
+    at_least("--seed", args.seed, 0)
     out = args.out if args.out is not None else Path(f"bptt_{args.cell}.svg")
     if out.suffix.lower() != ".svg":
         raise OptionError(f"--out must name an .svg file, got {out}")
-    if out.exists() and out.is_dir():
-        raise OptionError(f"--out {out} is a directory")
+    writable_file("--out", out)
     return out
 
 

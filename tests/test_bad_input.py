@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,69 @@ from tinygraph import checkpoint as ckpt_io
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
 TEXT = "".join(f"ACT {i % 5}. Enter a lord, a lady and a fool.\n" for i in range(80))
+
+
+# --- crafted checkpoints: the world's best.npz with one thing changed -----------------------------------
+
+Entries = dict[str, bytes]
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _meta(entries: Entries) -> dict:
+    return json.loads(np.lib.format.read_array(io.BytesIO(entries["__tinygraph__.npy"])).tobytes())
+
+
+def _with_meta(entries: Entries, **changes: object) -> Entries:
+    doc = _meta(entries)
+    doc["meta"].update(changes)
+    return entries | {"__tinygraph__.npy": npy(np.frombuffer(json.dumps(doc).encode(), np.uint8))}
+
+
+def _lying_header(entries: Entries, name: str, shape: tuple[int, ...]) -> Entries:
+    """``name``'s header claims ``shape``; its data stays as it was."""
+    raw = io.BytesIO(entries[name])
+    np.lib.format.read_magic(raw)
+    _, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}
+    )
+    return entries | {name: head.getvalue() + raw.read()}
+
+
+def _bigger_layers(entries: Entries) -> Entries:
+    config = _meta(entries)["meta"]["config"]
+    config["model"]["layers"][1]["hidden_size"] = 10**6
+    return _with_meta(entries, config=config)
+
+
+CRAFTED: dict[str, Callable[[Entries], Entries]] = {
+    "huge.npz": lambda e: _lying_header(e, "model/0.weight.npy", (10**9, 10**6)),
+    "reshaped.npz": lambda e: e | {"model/0.weight.npy": npy(np.zeros((3, 8), np.float32))},
+    "pickled.npz": lambda e: e | {"model/evil.npy": npy(np.array([{"run": "rm -rf ~"}], dtype=object))},
+    "extra.npz": lambda e: e | {"notes.txt": b"hello"},
+    "intweights.npz": lambda e: (
+        e | {"model/2.bias.npy": npy(np.zeros(_meta(e)["meta"]["optimizer"]["shapes"][-1], np.int32))}
+    ),
+    "stray.npz": lambda e: e | {"optim/m.99.npy": npy(np.zeros(3, np.float32))},
+    "stateless.npz": lambda e: {k: v for k, v in e.items() if not k.startswith("state/")},
+    "badstep.npz": lambda e: _with_meta(e, step="ten"),
+    "badcorpus.npz": lambda e: _with_meta(e, corpus={"path": 42}),
+    "biglayers.npz": _bigger_layers,
+}
+
+
+def craft(source: Path, out: Path, change: Callable[[Entries], Entries]) -> None:
+    with zipfile.ZipFile(source) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in change(entries).items():
+            zf.writestr(name, data)
 
 
 class World:
@@ -53,6 +119,10 @@ class World:
         arrays, meta = ckpt_io.load(self.ckpt)
         for name, path in (("edited.npz", root / "other.txt"), ("orphan.npz", root / "deleted.txt")):
             ckpt_io.save(root / name, arrays, {**meta, "corpus": {**meta["corpus"], "path": str(path)}})
+        for name, change in CRAFTED.items():
+            craft(self.ckpt, root / name, change)
+        (root / "craftedrun").mkdir()  # a run whose last.npz claims an enormous array
+        craft(self.ckpt, root / "craftedrun" / "last.npz", CRAFTED["huge.npz"])
         (root / "plainfile").write_text("x")
         (root / "emptyrun").mkdir()
         (root / "tornrun").mkdir()  # a run whose last.npz was cut short (by a full disk, say)
@@ -89,6 +159,9 @@ def _finetune(ckpt: str, corpus: str, *extra: str) -> Callable[[World], list[str
 
 
 NEW_LAYERS = 'model.layers=[{type="Embedding", dim=3}, {type="Dense", size="vocab"}]'
+HUGE_LAYERS = (
+    'model.layers=[{type="Embedding", dim=8}, {type="LSTM", hidden_size=1000000}, {type="Dense", size="vocab"}]'
+)
 CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
     # corpus
     "missing corpus": (lambda w: _train(w, "nope.txt"), "no such file"),
@@ -152,13 +225,90 @@ CASES: dict[str, tuple[Callable[[World], list[str]], str]] = {
     "finetune on a missing corpus": (_finetune("run", "nope.txt"), "no such file"),
     "finetune on a binary corpus": (_finetune("run", "binary.bin"), "binary"),
     "finetune changing the layers": (_finetune("run", "good.txt", "--set", NEW_LAYERS), "model.layers"),
+    # crafted or corrupt checkpoints: refused before any array is read, never with a MemoryError
+    "a header claiming an enormous array": (_use("sample", "huge.npz"), "not a tinygraph checkpoint: array"),
+    "eval of a header claiming an enormous array": (_use("eval", "huge.npz"), "declares shape (1000000000, 1000000)"),
+    "finetune from a header claiming an enormous array": (_finetune("huge.npz", "good.txt"), "declares shape"),
+    "resume from a header claiming an enormous array": (
+        lambda w: ["train", "--resume", "--out", str(w.root / "craftedrun")],
+        "not a tinygraph checkpoint",
+    ),
+    "weights of another shape": (_use("sample", "reshaped.npz"), "its layers make it (23, 8)"),
+    "an object array": (_use("eval", "pickled.npz"), "pickle"),
+    "an entry that is no array": (_use("sample", "extra.npz"), "unexpected entry 'notes.txt'"),
+    "integer weights": (_use("sample", "intweights.npz"), "not floating point"),
+    "an optimizer buffer of no parameter": (_use("sample", "stray.npz"), "unexpected array 'optim/m.99'"),
+    "a carried state without its arrays": (_use("sample", "stateless.npz"), "not a tinygraph checkpoint"),
+    "a step that is not a number": (_use("sample", "badstep.npz"), "damaged metadata: step"),
+    "a corpus record that is not a path": (_use("eval", "badcorpus.npz"), "damaged metadata: corpus"),
+    "metadata layers larger than the weights": (_use("sample", "biglayers.npz"), "not a tinygraph checkpoint"),
+    # sizes that cannot fit in memory: refused before anything is allocated, with the estimate
+    "a model too large for memory": (lambda w: _train(w, "good.txt", "--set", HUGE_LAYERS), "memory available"),
+    "a batch too large for memory": (
+        lambda w: _train(w, "good.txt", "--set", "train.batch_size=1000000000"),
+        "need at least",
+    ),
+    "a sequence too long for memory": (lambda w: _train(w, "good.txt", "--set", "train.seq_len=10000000000"), "TiB"),
+    "finetune into a batch too large for memory": (
+        _finetune("run", "good.txt", "--set", "train.batch_size=10000000000"),
+        "memory available",
+    ),
+    "resume into a batch too large for memory": (
+        lambda w: ["train", "--resume", "--out", str(w.run), "--set", "train.batch_size=10000000000"],
+        "memory available",
+    ),
+    "a seed beyond 64 bits": (lambda w: _train(w, "good.txt", "--set", "train.seed=18446744073709551616"), "64-bit"),
+    "min_lr above the learning rate": (lambda w: _train(w, "good.txt", "--set", "train.min_lr=1.0"), "train.min_lr"),
+    # options of every command: out of range or of the wrong type, one line naming the option
+    "train: --steps not an integer": (lambda w: _train(w, "good.txt", "--steps", "1e3"), "argument --steps"),
+    "train: negative --steps": (lambda w: _train(w, "good.txt", "--steps", "-5"), "--steps"),
+    "train: --time-budget nan": (lambda w: _train(w, "good.txt", "--time-budget", "nan"), "--time-budget"),
+    "train: --device unknown": (lambda w: _train(w, "good.txt", "--device", "tpu"), "argument --device"),
+    "train: an unknown option": (lambda w: [*_train(w, "good.txt"), "--stpes", "5"], "--stpes"),
+    "finetune: zero --steps": (_finetune("run", "good.txt", "--steps", "0"), "--steps"),
+    "finetune: --time-budget not a number": (_finetune("run", "good.txt", "--time-budget", "soon"), "--time-budget"),
+    "sample: --length not an integer": (_use("sample", "run", "--length", "many"), "argument --length"),
+    "sample: --temperature not a number": (_use("sample", "run", "--temperature", "warm"), "argument --temperature"),
+    "sample: --temperature infinite": (_use("sample", "run", "--temperature", "inf"), "--temperature"),
+    "sample: negative --temperature": (_use("sample", "run", "--temperature", "-0.5"), "--temperature"),
+    "sample: negative --top-k": (_use("sample", "run", "--top-k", "-3"), "--top-k"),
+    "sample: negative --seed": (_use("sample", "run", "--seed", "-1"), "--seed"),
+    "sample: without --checkpoint": (lambda w: ["sample", "--length", "3"], "--checkpoint"),
+    "eval: --device unknown": (_use("eval", "run", "--device", "tpu"), "argument --device"),
+    "eval: without --checkpoint": (lambda w: ["eval", "--json"], "--checkpoint"),
+    "graph: zero --steps": (lambda w: ["graph", "--steps", "0", "--out", str(w.root / "g.svg")], "--steps"),
+    "graph: too many --layers": (lambda w: ["graph", "--layers", "9", "--out", str(w.root / "g.svg")], "--layers"),
+    "graph: negative --seed": (lambda w: ["graph", "--seed", "-2", "--out", str(w.root / "g.svg")], "--seed"),
+    "graph: --out not an svg": (lambda w: ["graph", "--out", str(w.root / "g.png")], "--out"),
+    "graph: --out under a file": (lambda w: ["graph", "--out", str(w.root / "plainfile" / "g.svg")], "--out"),
+    "graph: --out unwritable": (lambda w: ["graph", "--out", "/sys/tinygraph-test.svg"], "--out"),
+    "graph: --level unknown": (lambda w: ["graph", "--level", "gate"], "argument --level"),
+    "gradflow: one --steps": (lambda w: ["gradflow", "--steps", "1", "--out", str(w.root / "f.svg")], "--steps"),
+    "gradflow: zero --hidden-size": (
+        lambda w: ["gradflow", "--hidden-size", "0", "--out", str(w.root / "f.svg")],
+        "--hidden-size",
+    ),
+    "gradflow: --out under a file": (lambda w: ["gradflow", "--out", str(w.root / "plainfile" / "f.svg")], "--out"),
+    "gradflow: an unknown cell": (lambda w: ["gradflow", "--cell", "lstm,transformer"], "argument --cell"),
+    "bench: zero --repeats": (lambda w: ["bench", "--repeats", "0"], "--repeats"),
+    "bench: negative --warmup": (lambda w: ["bench", "--warmup", "-1"], "--warmup"),
+    "bench: negative --pause": (lambda w: ["bench", "--pause", "-1"], "--pause"),
+    "bench: negative --gemm-size": (lambda w: ["bench", "--gemm-size", "-8"], "--gemm-size"),
+    "bench: --profile in a missing directory": (
+        lambda w: ["bench", "--profile", str(w.root / "nodir" / "p.txt")],
+        "--profile",
+    ),
+    "bench: --repeats not an integer": (lambda w: ["bench", "--repeats", "ten"], "argument --repeats"),
 }
 
 
 def refused(world: World, capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     """``argv`` fails as a user mistake: exit 2, one line naming ``words``, the world untouched."""
     before = world.snapshot()
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own mistakes (a wrong type, an unknown option) end this way
+        rc = exc.code
     out, err = capsys.readouterr()
     assert rc == 2, (out, err)
     lines = err.strip().splitlines()

@@ -326,3 +326,143 @@ def test_save_into_a_missing_directory_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="cannot write checkpoint") as info:
         checkpoint.save(path, {"a": np.zeros(1)}, {})
     assert str(path) in str(info.value)
+
+
+# --- crafted files: checked before anything is allocated -------------------------------------------
+
+
+META_DOC = json.dumps({"format": checkpoint.FORMAT, "version": 1, "meta": {}}).encode()
+
+
+def npy_with_header(header: dict, data: bytes, version: tuple[int, int] = (1, 0)) -> bytes:
+    """An .npy entry whose header says what we like, followed by ``data``."""
+    import io
+
+    buf = io.BytesIO()
+    write = np.lib.format.write_array_header_1_0 if version == (1, 0) else np.lib.format.write_array_header_2_0
+    write(buf, header)
+    return buf.getvalue() + data
+
+
+def crafted(path: Path, header: dict, data: bytes = b"\0" * 64, **extra: bytes) -> Path:
+    write_zip(
+        path,
+        {"__tinygraph__.npy": npy_bytes(np.frombuffer(META_DOC, np.uint8)), "w.npy": npy_with_header(header, data)}
+        | extra,
+    )
+    return path
+
+
+@pytest.fixture
+def no_data_read(monkeypatch):
+    """Fails the test if the data of any entry but the small metadata one is read."""
+    real = np.lib.format.read_array
+    reads = []
+
+    def guarded_read(fp, *args, **kw):
+        if getattr(fp, "name", None) != "__tinygraph__.npy":
+            reads.append(fp.name)
+            raise AssertionError(f"the data of {fp.name} was read before its layout was checked")
+        return real(fp, *args, **kw)
+
+    monkeypatch.setattr(np.lib.format, "read_array", guarded_read)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ({"descr": "<f4", "fortran_order": False, "shape": (10**12, 10**6)}, "declares shape (1000000000000, 1000000)"),
+        ({"descr": "<f4", "fortran_order": False, "shape": (2**62, 2**62)}, "but its entry holds 64 bytes"),
+        ({"descr": "<f4", "fortran_order": False, "shape": (-4, -4)}, "impossible shape"),
+        ({"descr": "<f4", "fortran_order": False, "shape": (1,) * 40}, "impossible shape"),
+        ({"descr": "|O", "fortran_order": False, "shape": (8,)}, "pickle"),
+        ({"descr": [("a", "<f4"), ("b", "|O")], "fortran_order": False, "shape": (4,)}, "pickle"),
+        ({"descr": [("a", "<f4"), ("b", "<i4")], "fortran_order": False, "shape": (8,)}, "plain numbers"),
+        ({"descr": "<U4", "fortran_order": False, "shape": (4,)}, "plain numbers"),
+        ({"descr": "<M8[s]", "fortran_order": False, "shape": (8,)}, "plain numbers"),
+    ],
+)
+def test_a_header_that_lies_is_refused_before_its_data_is_read(tmp_path, no_data_read, header, fragment):
+    path = crafted(tmp_path / "crafted.npz", header)
+    expect_error(path, "not a tinygraph checkpoint")
+    expect_error(path, fragment)
+
+
+def test_entries_tinygraph_never_writes(tmp_path, no_data_read):
+    good = {"__tinygraph__.npy": npy_bytes(np.frombuffer(META_DOC, np.uint8))}
+    for name, members, fragment in [
+        ("extra", {"evil.pkl": b"cos\nsystem\n"}, "unexpected entry 'evil.pkl'"),
+        ("dir", {"sub/": b""}, "unexpected entry 'sub/'"),
+        ("dotnpy", {".npy": npy_bytes(np.zeros(2))}, "unexpected entry '.npy'"),
+        ("badheader", {"w.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': oops }\n"}, "unreadable header"),
+        ("notnpy", {"w.npy": b"plain bytes, no magic at all"}, "unreadable header"),
+        ("version9", {"w.npy": b"\x93NUMPY\x09\x00" + b"\0" * 60}, "unreadable header"),
+    ]:
+        path = tmp_path / f"{name}.npz"
+        write_zip(path, good | members)
+        expect_error(path, "not a tinygraph checkpoint")
+        expect_error(path, fragment)
+    twice = tmp_path / "twice.npz"
+    with zipfile.ZipFile(twice, "w") as zf:
+        zf.writestr("__tinygraph__.npy", good["__tinygraph__.npy"])
+        zf.writestr("w.npy", npy_bytes(np.zeros(2)))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("w.npy", npy_bytes(np.zeros(10**5)))
+    expect_error(twice, "listed twice")
+    deflated = tmp_path / "deflated.npz"
+    with zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__tinygraph__.npy", good["__tinygraph__.npy"])
+        zf.writestr("w.npy", npy_bytes(np.zeros(10**6)))  # 8 MB of zeros in a few kB: a zip bomb's shape
+    expect_error(deflated, "is compressed")
+
+
+def test_a_zip_directory_that_lies_about_sizes(tmp_path, no_data_read):
+    path = tmp_path / "good.npz"
+    checkpoint.save(path, {"w": np.arange(16.0)}, {})
+    data = path.read_bytes()
+    central = data.find(b"PK\x01\x02")  # the first entry's record in the central directory
+    huge = (0xFFFF0000).to_bytes(4, "little")
+    for name, at in (("uncompressed", [24]), ("both", [20, 24])):
+        bad = bytearray(data)
+        for offset in at:
+            bad[central + offset : central + offset + 4] = huge
+        (tmp_path / f"{name}.npz").write_bytes(bytes(bad))
+        expect_error(tmp_path / f"{name}.npz", "claims 4,294,901,760 bytes")
+
+
+def test_metadata_entry_bounds(tmp_path, no_data_read, monkeypatch):
+    deep = tmp_path / "deep.npz"
+    doc = b'{"format": "tinygraph-checkpoint", "version": 1, "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    write_zip(deep, {"__tinygraph__.npy": npy_bytes(np.frombuffer(doc, np.uint8))})
+    expect_error(deep, "nested too deeply")
+    monkeypatch.setattr(checkpoint, "MAX_META_BYTES", 100)
+    path = tmp_path / "big.npz"
+    checkpoint.save(path, {"w": np.zeros(2)}, {"notes": "x" * 200})
+    expect_error(path, "metadata entry holds")
+
+
+def test_the_callers_check_sees_every_header_before_any_data(tmp_path, no_data_read):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, sample_arrays(), META)
+    seen = {}
+
+    def check(meta, headers):
+        seen.update(headers)
+        assert meta == META
+        raise CheckpointError("not a tinygraph checkpoint: the shapes are wrong for this test")
+
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path, check)
+    assert str(info.value) == f"{path}: not a tinygraph checkpoint: the shapes are wrong for this test"
+    want = sample_arrays()
+    assert {k: (h.shape, h.dtype) for k, h in seen.items()} == {k: (v.shape, v.dtype) for k, v in want.items()}
+    assert all(h.nbytes == want[k].nbytes for k, h in seen.items())
+    assert no_data_read == []
+
+
+def test_a_check_that_passes_loads_the_arrays(tmp_path):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, sample_arrays(), META)
+    arrays, _ = checkpoint.load(path, lambda meta, headers: None)
+    assert_same(arrays, sample_arrays())

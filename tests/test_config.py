@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -209,3 +210,151 @@ def test_resolve_a_continued_run_keeps_the_layers_but_may_change_fused(tmp_path)
     tuned = cfg.resolve(overrides=["model.fused=false", "train.steps=5"], checkpoint=saved)
     assert tuned["model"]["fused"] is False and tuned["train"]["steps"] == 5
     assert tuned["train"]["time_budget"] == saved["train"]["time_budget"]  # fine-tuning keeps the budget
+
+
+# --- ranges between keys, and the memory a run would take ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.seed=18446744073709551616", "train.seed in --set must be a 64-bit integer"),
+        ("train.steps=-9223372036854775809", "train.steps"),
+        ("train.eval_interval=0", "train.eval_interval"),
+        ("train.sample_length=-1", "train.sample_length"),
+        ("train.lr_factor=1.0", "train.lr_factor"),
+        ("train.val_fraction=0", "train.val_fraction"),
+        ("train.temperature=0", "train.temperature"),
+        ("train.time_budget=inf", "train.time_budget"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+    ],
+)
+def test_every_numeric_key_has_its_range(override, words):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.resolve(overrides=[override])
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_min_lr_may_not_exceed_the_learning_rate():
+    with pytest.raises(cfg.ConfigError, match=r"train.min_lr \(0.1\) must not exceed train.learning_rate"):
+        cfg.resolve(overrides=["train.min_lr=0.1", "train.learning_rate=0.01"])
+    assert cfg.resolve(overrides=["train.min_lr=0.01", "train.learning_rate=0.01"])["train"]["min_lr"] == 0.01
+
+
+EVERY_LAYER = [
+    {"type": "Embedding", "dim": 5},
+    {"type": "LSTM", "hidden_size": 7, "num_layers": 2, "dropout": 0.1},
+    {"type": "Dropout", "p": 0.2},
+    {"type": "GRU", "hidden_size": 6},
+    {"type": "RNNBlock", "hidden_size": 4, "cell": "CIFG", "num_layers": 2},
+    {"type": "RNN", "hidden_size": 3},
+    {"type": "Dense", "size": 9},
+    {"type": "Dense", "size": "vocab"},
+]
+
+
+def test_parameter_shapes_are_the_models_without_building_it():
+    from charlm import memory
+    from models import CharLM
+
+    model = CharLM.from_layers(11, EVERY_LAYER)
+    built = {name: tuple(a.shape) for name, a in model.state_dict().items()}
+    assert list(memory.parameter_shapes(EVERY_LAYER, 11).items()) == list(built.items())  # names, order, shapes
+
+
+def test_kept_bytes_by_hand_and_for_every_layer_type():
+    from charlm import memory
+
+    n = 2 * 3  # B * T
+    layers = [{"type": "Embedding", "dim": 4}, {"type": "GRU", "hidden_size": 5}, {"type": "Dense", "size": "vocab"}]
+    assert memory.kept_bytes(layers, 7, 2, 3) == 4 * (n * 4 + n * 5 * 5 + n * 7)
+    assert memory.kept_bytes(layers, 7, 2, 3, itemsize=8) == 8 * (n * 4 + n * 5 * 5 + n * 7)
+    # embedding 5; LSTM 2 x 6 x 7 + a dropout mask of 7; Dropout 7; GRU 5 x 6; RNNBlock (CIFG) 2 x 5 x 4 and
+    # its output 6; RNN 1 x 3; Dense 9; Dense vocab 11
+    per_position = 5 + (2 * 6 * 7 + 7) + 7 + 5 * 6 + (2 * 5 * 4 + 6) + 3 + 9 + 11
+    assert memory.kept_bytes(EVERY_LAYER, 11, 2, 3) == 4 * n * per_position
+
+
+def test_the_training_estimate_counts_weights_gradients_optimizer_and_activations():
+    from charlm import memory
+
+    layers = cfg.defaults()["model"]["layers"]
+    params = sum(math.prod(s) for s in memory.parameter_shapes(layers, 65).values())
+    for name, buffers in (("adam", 2), ("sgd", 1), ("adagrad", 1)):
+        est = memory.training_estimate(layers, 65, 32, 64, name)
+        assert est.parameters == params and est.weights == est.gradients == 4 * params
+        assert est.optimizer == buffers * 4 * params
+        assert est.activations == memory.kept_bytes(layers, 65, 32, 64)
+        assert est.total == est.weights * (2 + buffers) + est.activations
+
+
+HUGE = 'model.layers=[{type="Embedding", dim=8}, {type="LSTM", hidden_size=1000000}, {type="Dense", size="vocab"}]'
+
+
+@pytest.mark.parametrize(
+    "override",
+    [HUGE, "train.batch_size=1000000000", "train.seq_len=100000000000"],
+)
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(override):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.resolve(overrides=[override])
+    msg = str(err.value)
+    assert "need at least" in msg and "memory available" in msg and "\n" not in msg, msg
+
+
+def test_the_memory_check_uses_what_the_device_has(monkeypatch):
+    from charlm import memory
+    from charlm.checkpoint import build_model
+
+    config = cfg.defaults()
+    need = cfg.check_memory(config, 65)
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": need.total)  # no room left for the rest
+    with pytest.raises(cfg.ConfigError) as err:
+        build_model(config, 65)
+    assert f"need about {need.describe()}" in str(err.value)
+    assert f"more than the {memory.format_bytes(need.total)} of memory available" in str(err.value)
+    # sampling and scoring need the weights only
+    assert build_model(config, 65, training=False).vocab_size == 65
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": need.weights)
+    with pytest.raises(cfg.ConfigError, match=r"the weights of model\.layers need"):
+        build_model(config, 65, training=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": None)  # unknown: not refused
+    assert cfg.check_memory(config, 65) == need
+
+
+def test_an_allocation_that_fails_anyway_is_one_error(monkeypatch):
+    from charlm.checkpoint import build_model
+    from models import CharLM
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.0 TiB")
+
+    monkeypatch.setattr(CharLM, "from_layers", out_of_memory)
+    with pytest.raises(cfg.ConfigError, match="cannot be allocated: out of memory"):
+        build_model(cfg.defaults(), 65)
+
+
+def test_available_memory_from_meminfo_and_cgroups(tmp_path):
+    from charlm import memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n")
+    assert memory._meminfo_available(meminfo) == 2_000_000 * 1024
+    meminfo.write_text("garbage")
+    assert memory._meminfo_available(meminfo) is None
+    root = tmp_path / "cgroup"
+    (root / "memory" / "jobs" / "me").mkdir(parents=True)
+    (root / "memory" / "jobs" / "me" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    (root / "memory" / "jobs" / "memory.limit_in_bytes").write_text("1000000\n")
+    (root / "memory" / "jobs" / "memory.usage_in_bytes").write_text("400000\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("4:memory:/jobs/me\n3:cpu:/\n")
+    assert memory.cgroup_available(proc, root) == 600_000  # the parent's limit binds
+    (root / "user.slice").mkdir()
+    (root / "user.slice" / "memory.max").write_text("500000\n")
+    (root / "user.slice" / "memory.current").write_text("100000\n")
+    proc.write_text("0::/user.slice\n")
+    assert memory.cgroup_available(proc, root) == 400_000
+    (root / "user.slice" / "memory.max").write_text("max\n")
+    assert memory.cgroup_available(proc, root) is None
+    assert memory.host_available_bytes() is None or memory.host_available_bytes() > 0

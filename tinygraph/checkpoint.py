@@ -8,13 +8,20 @@ files from foreign ones.  Array names may contain dots and slashes ("model/weigh
 Writing goes to a temporary file in the destination's directory, which is flushed and fsynced and
 then renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash or a
 ``kill -9`` at any moment leaves either the old file or the new one, never a mixture.
+
+Reading trusts nothing it has not checked: the zip entries, then each array's ``.npy`` header
+(dtype, shape) against the bytes its entry holds, then the caller's own rules on the metadata and
+shapes, and only then the data; an object array would need pickle and is refused unread.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,10 @@ FORMAT = "tinygraph-checkpoint"
 VERSION = 1
 META_KEY = "__tinygraph__"
 _ZIP_MAGIC = b"PK\x03\x04"
+# the largest metadata entry read: vocabulary, config and run state are a few kB
+MAX_META_BYTES = 64 << 20
+_NUMERIC_KINDS = "biufc"
+_MAX_DIMS = 32
 
 
 class CheckpointError(TinygraphError):
@@ -116,10 +127,38 @@ def _fail(path: Path, problem: str) -> CheckpointError:
     return CheckpointError(f"{path}: {problem}")
 
 
-def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+def _foreign(why: str) -> CheckpointError:
+    return CheckpointError(f"not a tinygraph checkpoint: {why}")
+
+
+@dataclass(frozen=True)
+class ArrayHeader:
+    """What an array entry declares in its ``.npy`` header, read before any of its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+# check(metadata, {name: header}) raises CheckpointError(why) for a layout its caller cannot use;
+# ``load`` puts the file's name in front of the reason
+LayoutCheck = Callable[[dict, dict[str, ArrayHeader]], None]
+
+
+def load(path: str | os.PathLike, check: LayoutCheck | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Read a checkpoint written by :func:`save`: (arrays as host NumPy arrays, metadata).
 
-    Raises :class:`CheckpointError` for a missing, empty, truncated, corrupt or foreign file.
+    Nothing is allocated on the word of the file alone: the entries, the metadata and every array's
+    declared dtype and shape are checked first (an array's header must declare exactly the bytes its
+    entry holds, and entries are stored, so together they hold no more than the file), then
+    ``check(meta, headers)`` -- the caller's own rules, e.g. shapes derived from the metadata -- and
+    only then is array data read.
+    Raises :class:`CheckpointError` for a missing, empty, truncated, corrupt or foreign file; a
+    structure tinygraph does not write is "not a tinygraph checkpoint: <why>".  Never unpickles.
     """
     path = Path(path)
     try:
@@ -141,56 +180,111 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
             head = f.read(4)
             if head != _ZIP_MAGIC:
                 if _ZIP_MAGIC.startswith(head):  # cut off within the first bytes
-                    raise _fail(path, f"checkpoint is truncated ({size} bytes)")
-                raise _fail(path, "not a tinygraph checkpoint (not an .npz archive)")
+                    raise CheckpointError(f"checkpoint is truncated ({size} bytes)")
+                raise CheckpointError("not a tinygraph checkpoint (not an .npz archive)")
             f.seek(0)
-            return _read_zip(path, f)
-    except CheckpointError:
-        raise
+            with zipfile.ZipFile(f) as zf:
+                return _read_zip(zf, size, check)
+    except CheckpointError as exc:  # raised below without the file's name, and by ``check``
+        raise _fail(path, str(exc)) from None
     except zipfile.BadZipFile as exc:
         raise _fail(path, f"checkpoint is truncated or corrupt ({_oneline(exc)})") from exc
     except (OSError, EOFError, ValueError, zipfile.LargeZipFile) as exc:
         raise _fail(path, f"checkpoint is truncated or corrupt ({type(exc).__name__}: {_oneline(exc)})") from exc
 
 
-def _read_zip(path: Path, f: Any) -> tuple[dict[str, np.ndarray], dict]:
-    with zipfile.ZipFile(f) as zf:
-        members = zf.namelist()
-        meta_member = META_KEY + ".npy"
-        if meta_member not in members:
-            raise _fail(path, "not a tinygraph checkpoint (an .npz without tinygraph's metadata entry)")
-        meta = _decode_meta(path, _read_member(zf, meta_member))
-        arrays = {}
-        for member in members:
-            if member == meta_member:
-                continue
-            if not member.endswith(".npy"):
-                raise _fail(path, f"checkpoint has an unexpected entry {member!r}")
-            arrays[member[: -len(".npy")]] = _read_member(zf, member)
+def _entries(zf: zipfile.ZipFile, archive_size: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's entries by array name, each one of the kind :func:`save` writes: stored (not
+    compressed), so no entry can claim more bytes than the file has."""
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        member = info.filename
+        if info.is_dir() or not member.endswith(".npy") or member == ".npy":
+            raise _foreign(f"unexpected entry {member!r} (a checkpoint holds only .npy arrays)")
+        name = member[: -len(".npy")]
+        if name in entries:
+            raise _foreign(f"the entry {member!r} is listed twice")
+        if info.flag_bits & 0x1:
+            raise _foreign(f"the entry {member!r} is encrypted")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _foreign(f"the entry {member!r} is compressed (tinygraph stores its arrays as they are)")
+        if info.file_size != info.compress_size or info.file_size > archive_size:
+            raise _foreign(f"the entry {member!r} claims {info.file_size:,} bytes in a file of {archive_size:,}")
+        entries[name] = info
+    if META_KEY not in entries:
+        raise _foreign("an .npz without tinygraph's metadata entry")
+    return entries
+
+
+def _read_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> ArrayHeader:
+    """The dtype, shape and order an entry declares, checked against the bytes it holds; no data is read."""
+    with zf.open(info) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, SyntaxError, RecursionError, MemoryError) as exc:
+            raise _foreign(f"array {name!r} has an unreadable header ({_oneline(exc)[:200]})") from None
+        header_bytes = stream.tell()
+    if dtype.hasobject:
+        raise _foreign(f"array {name!r} has dtype object (loading it would run pickle)")
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise _foreign(f"array {name!r} has dtype {dtype} (a checkpoint holds plain numbers)")
+    if len(shape) > _MAX_DIMS or any(d < 0 for d in shape):
+        raise _foreign(f"array {name!r} declares the impossible shape {shape}")
+    header = ArrayHeader(tuple(shape), dtype, fortran_order)
+    held = info.file_size - header_bytes
+    if header.nbytes != held:
+        raise _foreign(
+            f"array {name!r} declares shape {header.shape} of {dtype} ({header.nbytes:,} bytes) "
+            f"but its entry holds {held:,} bytes"
+        )
+    return header
+
+
+def _read_zip(zf: zipfile.ZipFile, archive_size: int, check: LayoutCheck | None) -> tuple[dict[str, np.ndarray], dict]:
+    entries = _entries(zf, archive_size)
+    meta_info = entries.pop(META_KEY)
+    meta_header = _read_header(zf, META_KEY, meta_info)
+    if meta_header.dtype != np.uint8 or len(meta_header.shape) != 1:
+        raise CheckpointError("checkpoint metadata entry is not JSON text")
+    if meta_header.nbytes > MAX_META_BYTES:
+        raise _foreign(f"its metadata entry holds {meta_header.nbytes:,} bytes (at most {MAX_META_BYTES:,})")
+    meta = _decode_meta(_read_member(zf, meta_info))
+    headers = {name: _read_header(zf, name, info) for name, info in entries.items()}
+    if check is not None:
+        check(meta, headers)
+    arrays = {name: _read_member(zf, info) for name, info in entries.items()}
     return arrays, meta
 
 
-def _read_member(zf: zipfile.ZipFile, member: str) -> np.ndarray:
-    with zf.open(member) as stream:
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """An entry's array; its header was checked against the entry's size, so reading allocates what the
+    file holds and no more."""
+    with zf.open(info) as stream:
         arr = np.lib.format.read_array(stream, allow_pickle=False)
         # read to the end so zipfile checks the member's CRC: flipped bytes are caught, not loaded
         if stream.read():
-            raise ValueError(f"entry {member!r} has bytes after its array")
+            raise ValueError(f"entry {info.filename!r} has bytes after its array")
     return arr
 
 
-def _decode_meta(path: Path, raw: np.ndarray) -> dict:
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise _fail(path, "checkpoint metadata entry is not JSON text")
+def _decode_meta(raw: np.ndarray) -> dict:
     try:
         doc = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"checkpoint metadata is not valid JSON ({_oneline(exc)})") from exc
+        raise CheckpointError(f"checkpoint metadata is not valid JSON ({_oneline(exc)})") from exc
+    except RecursionError:
+        raise _foreign("its metadata is nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("meta"), dict):
-        raise _fail(path, "not a tinygraph checkpoint (metadata lacks the format marker)")
+        raise CheckpointError("not a tinygraph checkpoint (metadata lacks the format marker)")
     version = doc.get("version")
     if not isinstance(version, int) or version < 1:
-        raise _fail(path, f"checkpoint has an invalid format version {version!r}")
+        raise CheckpointError(f"checkpoint has an invalid format version {version!r}")
     if version > VERSION:
-        raise _fail(path, f"checkpoint format version {version} is newer than this tinygraph reads ({VERSION})")
+        raise CheckpointError(f"checkpoint format version {version} is newer than this tinygraph reads ({VERSION})")
     return doc["meta"]
