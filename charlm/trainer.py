@@ -12,6 +12,12 @@ SIGINT (Ctrl-C) and SIGTERM save ``last.npz`` and stop, a NaN/inf loss or gradie
 without saving (the last good checkpoint stays as it was).  The samples shown while training draw
 from a generator made from (seed, step), so they are the same whether a run went straight or was
 resumed.
+
+Data-parallel: given a :class:`charlm.distributed.Comm`, the trainer is one rank of a job
+(:mod:`charlm.distributed` says how the ranks share a step).  Every decision that changes what
+the ranks do next (stop on a signal or the time budget, a diverged loss, the validation loss the
+schedule hears) is taken from values all ranks share, so they never disagree on a step; rank 0
+alone writes, prints and samples.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import tinygraph as tg
 from charlm import config as cfg
 from charlm.checkpoint import Progress, RunCheckpoint, build_model, load_weights, pack, unpack
 from charlm.corpus import training_data
+from charlm.distributed import PROGRESS_ENV, Comm, DataParallel
 from charlm.evaluate import nll_sum
 from charlm.run import RunDir
 from charlm.sample import default_prime, generate
@@ -44,6 +51,9 @@ EXIT_INTERRUPTED = 130
 
 class DivergedError(TinygraphError):
     """The loss or the gradient became NaN or infinite."""
+
+    # in a data-parallel job the loss and the gradient are all-reduced: every rank finds it alike
+    every_rank = True
 
 
 def make_schedule(optimizer: tg.optim.Optimizer, train: dict[str, Any]) -> tg.schedules.Schedule:
@@ -63,6 +73,13 @@ class _Stop:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        # data-parallel: what the last step's all-reduce said every rank must do
+        self.agreed_signal = False
+        self.agreed_budget = False
+
+    def requested(self, data_parallel: bool) -> bool:
+        """Whether to save and stop now: a signal here, or (data-parallel) on any rank, as agreed."""
+        return self.agreed_signal if data_parallel else self.signal is not None
 
 
 class Trainer:
@@ -72,6 +89,8 @@ class Trainer:
     (its vocabulary and weights; a fresh optimizer and step 0).  ``unknown_char``: the vocabulary
     character that stands in for characters of the corpus the vocabulary lacks (fine-tuning).
     ``on_eval(run_dir, record)`` is called after each evaluation, once its record is logged.
+    ``comm``: this process is one rank of a data-parallel job (then the constructor does not
+    communicate: :meth:`run` starts the job).
     """
 
     def __init__(
@@ -86,8 +105,11 @@ class Trainer:
         unknown_char: str | None = None,
         stdout: Any = None,
         on_eval: Callable[[RunDir, dict[str, Any]], None] | None = None,
+        comm: Comm | None = None,
     ):
         self.bar: Any = None  # the progress bar while the loop runs
+        self.dp = DataParallel(comm) if comm is not None else None
+        self.is_root = self.dp is None or self.dp.is_root  # the process that writes and prints
         self.config = copy.deepcopy(config)
         self.tc = tc = self.config["train"]
         self.run_dir = RunDir(out)
@@ -113,6 +135,9 @@ class Trainer:
             note=self._say,
         )
         self.vocab = self.data.vocab
+        if self.dp is not None:
+            self.dp.check_device(tc["device"])
+            self.data.batcher = self.dp.shard(self.data.batcher)
 
         tg.set_device(tc["device"])
         tg.manual_seed(tc["seed"])  # the initial weights, then dropout masks, come from this stream
@@ -125,6 +150,7 @@ class Trainer:
         self.progress = Progress()
         self.state: Any = None  # the recurrent state carried into the next window
         self.resuming = resume is not None
+        self._sample: tuple[int, str] | None = None  # (step, text): one sample per step, see sample_text
         if resume is not None:
             self.progress, self.state = unpack(
                 resume,
@@ -133,12 +159,18 @@ class Trainer:
                 batcher=self.data.batcher,
                 learning_rate=tc["learning_rate"],
             )
+        if self.dp is not None:
+            if self.state is not None:
+                self.state = self.dp.local_rows(self.state, self.data.batcher.batch_size)
+            self.dp.seed_streams(tc["seed"], self.step, resume.meta.get("data_parallel") if resume else None)
 
     @property
     def step(self) -> int:
         return self.progress.step
 
     def _say(self, message: str) -> None:
+        if not self.is_root:
+            return
         out = self.stdout or sys.stdout
         if self.bar is not None:
             self.bar.write(message, file=out)
@@ -146,12 +178,17 @@ class Trainer:
             print(message, file=out, flush=True)
 
     def _save(self, val_loss: float | None, best: bool) -> None:
+        state, ranks = self.state, None
+        if self.dp is not None:  # collective: every rank saves, rank 0 writes
+            state, ranks = self.dp.checkpoint_parts(self.state)
+            if not self.is_root:
+                return
         arrays, meta = pack(
             model=self.model,
             optimizer=self.optimizer,
             schedule=self.schedule,
             batcher=self.data.batcher,
-            carried_state=self.state,
+            carried_state=state,
             vocab=self.vocab,
             config=self.config,
             corpus=self.data.record,
@@ -159,6 +196,8 @@ class Trainer:
             val_loss=val_loss,
             finetuned_from=self.source.path if self.source is not None else None,
         )
+        if ranks is not None:
+            meta["data_parallel"] = ranks
         self.run_dir.save(arrays, meta, best)
 
     # --- evaluation and samples ---------------------------------------------------------------------------
@@ -169,30 +208,40 @@ class Trainer:
         return total / max(count, 1)
 
     def sample_text(self) -> str:
-        return generate(
-            self.model,
-            self.vocab,
-            default_prime(self.vocab),
-            self.tc["sample_length"],
-            temperature=self.tc["temperature"],
-            # derived from (seed, step), not a running stream: the sample at a step is the same
-            # whether the run went straight there or was resumed on the way
-            rng=np.random.default_rng([self.tc["seed"], 2, self.step]),
-        )
+        """The sample at this step, made once: an ``on_eval`` callback and the printout share it."""
+        if self._sample is None or self._sample[0] != self.step:
+            text = generate(
+                self.model,
+                self.vocab,
+                default_prime(self.vocab),
+                self.tc["sample_length"],
+                temperature=self.tc["temperature"],
+                # derived from (seed, step), not a running stream: the sample at a step is the same
+                # whether the run went straight there or was resumed on the way
+                rng=np.random.default_rng([self.tc["seed"], 2, self.step]),
+            )
+            self._sample = (self.step, text)
+        return self._sample[1]
 
     # --- the loop ------------------------------------------------------------------------------------------
-    def _train_step(self) -> float:
+    def _train_step(self, stop: _Stop, start: float) -> float:
         batch = self.data.batcher.next()
         if batch.reset:
             self.state = None
         x, y = backend.to_device(batch.x), backend.to_device(batch.y)  # ids live where the weights do
         loss, self.state = self.model.loss(x, y, self.state)
         value = loss.item()
+        self.optimizer.zero_grad()
+        if math.isfinite(value):
+            loss.backward()
+        del loss
+        if self.dp is not None:
+            # the global mean loss and gradient, and stop requests every rank agrees on
+            value, stop.agreed_signal, stop.agreed_budget = self.dp.reduce(
+                value, signal=stop.signal is not None, over_budget=self._over_budget(start)
+            )
         if not math.isfinite(value):
             raise DivergedError(self._diverged_message(f"the training loss is {value}"))
-        self.optimizer.zero_grad()
-        loss.backward()
-        del loss
         if self.tc["clip"] > 0:
             norm = tg.optim.clip_grad_norm(self.params, self.tc["clip"])
             if not math.isfinite(norm):
@@ -201,6 +250,9 @@ class Trainer:
         self.optimizer.step()
         self.progress.step += 1
         return value
+
+    def _over_budget(self, start: float) -> bool:
+        return 0 < self.tc["time_budget"] <= time.perf_counter() - start
 
     def _diverged_message(self, what: str) -> str:
         kept = self.run_dir.last
@@ -213,7 +265,9 @@ class Trainer:
     def _evaluation(self, chars_per_s: float, scheduled: bool, eta: str) -> dict[str, Any]:
         """Validate, tell the schedule (at the evaluation interval), save, log; returns the metrics record."""
         p = self.progress
-        val = self.evaluate()
+        val = self.evaluate() if self.is_root else math.nan
+        if self.dp is not None:
+            val = self.dp.share_value(val)  # every rank's schedule hears the same validation loss
         if not math.isfinite(val):
             raise DivergedError(self._diverged_message(f"the validation loss is {val}"))
         if scheduled:
@@ -236,6 +290,8 @@ class Trainer:
             "best": best,
             "time": time.time(),
         }
+        if not self.is_root:
+            return record
         self.run_dir.log(record)
         if self.on_eval is not None:
             self.on_eval(self.run_dir, record)
@@ -280,12 +336,48 @@ class Trainer:
 
     def run(self) -> int:
         """Train to ``train.steps``; returns the exit status (0, or 130 after a signal)."""
-        tc, p, data = self.tc, self.progress, self.data
-        resuming = self.resuming
-        self.run_dir.prepare(self.config, resumed_at=self.step if resuming else None, force=self.force)
+        try:
+            return self._run()
+        finally:
+            self.run_dir.release()  # the run directory's one-writer lock, taken by prepare (charlm.run)
+
+    def _prepare(self) -> None:
+        """Make the run directory ready (rank 0 alone; every rank of a job learns whether it could)."""
+        problem = None
+        try:
+            if self.is_root:
+                self.run_dir.prepare(self.config, resumed_at=self.step if self.resuming else None, force=self.force)
+        except TinygraphError as exc:
+            if self.dp is None:
+                raise
+            problem = exc
+        if self.dp is not None:
+            self.dp.agree(problem)
+
+    def _run(self) -> int:
+        tc, data = self.tc, self.data
+        self._prepare()
         if self.step >= tc["steps"]:
             self._say(f"{self.out}: already at step {self.step} of train.steps = {tc['steps']}; nothing to do")
             return 0
+        if self.dp is None:
+            return self._loop()
+        facts = {
+            "corpus": data.record["sha256"],
+            "step": self.step,
+            "data": data.batcher.state_dict(),
+            "config": self.config,
+            "parameters": [list(p.shape) for p in self.params],
+        }
+        self.dp.start(self.params, facts)
+        try:
+            return self._loop()
+        finally:
+            self.dp.finish()
+
+    def _loop(self) -> int:
+        tc, p, data = self.tc, self.progress, self.data
+        resuming = self.resuming
         from tqdm import tqdm
 
         chars_per_step = data.batcher.batch_size * data.batcher.seq_len
@@ -294,8 +386,14 @@ class Trainer:
             f"{'resuming' if resuming else 'training'} {self.out} at step {self.step} of {tc['steps']}: "
             f"{n_params:,} parameters, vocabulary {len(self.vocab)}, {len(data.train_ids):,} training and "
             f"{len(data.val_ids):,} validation characters, device {tc['device']}"
+            + (
+                f", {self.dp.size} data-parallel ranks of {data.batcher.local_batch_size} streams"
+                if self.dp is not None
+                else ""
+            )
         )
-        interactive = sys.stderr.isatty()
+        # a launcher that relays the output of ranks (tinygraph train --nproc) says when it goes to a terminal
+        interactive = self.is_root and (sys.stderr.isatty() or os.environ.get(PROGRESS_ENV) == "1")
         stop = _Stop()
         start, first_step = time.perf_counter(), self.step
         rate = 0.0
@@ -313,7 +411,7 @@ class Trainer:
             with self._signals(stop):
                 while self.step < tc["steps"]:
                     t0 = time.perf_counter()
-                    loss = self._train_step()
+                    loss = self._train_step(stop, start)
                     dt = time.perf_counter() - t0
                     p.elapsed += dt
                     p.loss_sum += loss
@@ -321,7 +419,7 @@ class Trainer:
                     rate = chars_per_step / dt if rate == 0 else 0.9 * rate + 0.1 * chars_per_step / dt
                     self._show(loss, last_val, rate)
                     self.bar.update(1)
-                    over_budget = 0 < tc["time_budget"] <= time.perf_counter() - start
+                    over_budget = stop.agreed_budget if self.dp is not None else self._over_budget(start)
                     at_interval = self.step % tc["eval_interval"] == 0
                     final = self.step >= tc["steps"] or over_budget
                     if at_interval or final:
@@ -332,7 +430,7 @@ class Trainer:
                     sample_due = (
                         self.step % tc["sample_interval"] == 0 if tc["sample_interval"] else at_interval or final
                     )
-                    if sample_due and tc["sample_length"] > 0:
+                    if sample_due and tc["sample_length"] > 0 and self.is_root:
                         self._say(f"--- sample at step {self.step} ---\n{self.sample_text()}\n---")
                     if over_budget and self.step < tc["steps"]:
                         self._say(
@@ -340,9 +438,10 @@ class Trainer:
                             f"{self.run_dir.last}; continue with: tinygraph train --resume --out {self.out}"
                         )
                         break
-                    if stop.signal is not None:
+                    if stop.requested(self.dp is not None):
                         self._save(None, best=False)
-                        name = signal.Signals(stop.signal).name
+                        own = stop.signal is not None  # else (data-parallel) another rank was signalled
+                        name = signal.Signals(stop.signal).name if own else "a signal to another rank"
                         self._say(
                             f"{name}: saved {self.run_dir.last} at step {self.step}; "
                             f"continue with: tinygraph train --resume --out {self.out}"

@@ -2,15 +2,18 @@
 
 This module only reads the options, sets the device once and prints the report; a request the
 benchmark cannot run raises :class:`bench.BenchError`, which ``cli.main`` prints as one line (exit 2).
+``--nproc N`` times data-parallel training instead: N ranks against one process (``bench.scaling``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import bench
 import tinygraph as tg
+from cli.options import at_least, writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default S,M,L (and XL with --device gpu)",
     )
     parser.add_argument(
-        "--cells", default=bench.DEFAULT_CELLS, help="comma-separated: lstm,gru,rnn,cifg; default %(default)s"
+        "--cells",
+        default=None,
+        help=f"comma-separated: lstm,gru,rnn,cifg; default {bench.DEFAULT_CELLS} (lstm with --nproc)",
     )
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per contestant (default %(default)s)")
@@ -37,14 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the primitive-op cells (fused=False) that are otherwise timed on config M",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the timed tinygraph steps; write the top to FILE")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="time data-parallel training instead: N ranks x 1 BLAS thread against 1 process x N threads and "
+        "1 x 1, with the scaling efficiency and the bytes all-reduced per step (needs the dist extra)",
+    )
+    parser.add_argument("--oversubscribe", action="store_true", help="allow --nproc above the number of cores")
     parser.add_argument("--gemm-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pause", type=float, default=bench.PAUSE_S, help=argparse.SUPPRESS)  # tests: 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gemm_size is not None:
+        at_least("--gemm-size", args.gemm_size, 1)
+    at_least("--pause", args.pause, 0)
+    if args.profile is not None:
+        writable_file("--profile", Path(args.profile), makes_parents=False)
     options = bench.Options(
         configs=args.configs,
-        cells=args.cells,
+        cells=args.cells or ("lstm" if args.nproc is not None else bench.DEFAULT_CELLS),
         repeats=args.repeats,
         warmup=args.warmup,
         corpus=args.corpus,
@@ -54,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         gemm_size=args.gemm_size,
         pause=args.pause,
     )
+    if args.nproc is not None:
+        return _scaling(args, options)
     previous_device = tg.get_device()
     tg.set_device(args.device)  # DeviceError (a TinygraphError) when the GPU is asked for but missing
     try:
@@ -66,6 +86,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     else:
         print(bench.format_table(report))
+    return 0
+
+
+def _scaling(args: argparse.Namespace, options: bench.Options) -> int:
+    from bench import scaling
+    from charlm.distributed import NCCL_MISSING
+
+    if args.device != "cpu":
+        raise bench.BenchError(NCCL_MISSING)
+    report = scaling.run_scaling(
+        options.config_names,
+        options.cell_names,
+        args.nproc,
+        repeats=options.repeats,
+        warmup=options.warmup,
+        corpus=options.corpus,
+        oversubscribe=args.oversubscribe,
+        progress=_progress,
+    )
+    print(scaling.scaling_json(report) if args.json else scaling.format_scaling(report))
     return 0
 
 

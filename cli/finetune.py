@@ -16,8 +16,11 @@ from pathlib import Path
 from charlm import config as cfg
 from charlm.checkpoint import read_checkpoint, resolve_checkpoint
 from charlm.corpus import DataError
+from charlm.distributed import Comm
+from charlm.trainer import Trainer
+from cli import parallel
 from cli.options import OptionError, one_character
-from cli.train import add_common_arguments, resume, run_trainer, shortcuts
+from cli.train import add_common_arguments, resumed, run_trainer, shortcuts
 
 DEFAULT_OUT = Path("runs") / "finetune"
 
@@ -33,14 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, DEFAULT_OUT)
 
 
-def run(args: argparse.Namespace) -> int:
+def build(args: argparse.Namespace, comm: Comm | None) -> Trainer:
     one_character("--unknown-char", args.unknown_char)
     if args.resume:
-        return resume(args, unknown_char=args.unknown_char)
+        return resumed(args, comm, unknown_char=args.unknown_char)
     if args.source is None or args.corpus is None:
         raise OptionError("finetune needs --from CHECKPOINT and --corpus PATH")
     source = read_checkpoint(resolve_checkpoint(args.source))
     if args.unknown_char is not None and args.unknown_char not in source.vocab:
         raise DataError(f"--unknown-char {args.unknown_char!r} is not in the checkpoint's vocabulary")
     config = cfg.resolve(args.config, args.overrides, shortcuts(args), checkpoint=source.config)
-    return run_trainer(config, args.corpus, args.out, source=source, force=args.force, unknown_char=args.unknown_char)
+    return Trainer(
+        config, args.corpus, args.out, source=source, force=args.force, unknown_char=args.unknown_char, comm=comm
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return parallel.run_command(args, "finetune", build, run_trainer)

@@ -2,20 +2,23 @@
 
 Also what ``tinygraph finetune`` shares with it: the options that make a run's config (handed to
 :func:`charlm.config.resolve`), resuming the run in ``--out``, the loss plot redrawn at each
-evaluation, and running a :class:`charlm.trainer.Trainer`.
+evaluation, and running a :class:`charlm.trainer.Trainer`, alone or as one rank of a data-parallel
+job (``--nproc N``, or started by ``mpiexec``/``srun``: :mod:`cli.parallel`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from charlm import config as cfg
 from charlm.checkpoint import read_checkpoint
+from charlm.distributed import Comm
 from charlm.run import RunDir, RunError
-from charlm.trainer import EXIT_INTERRUPTED, Trainer
+from charlm.trainer import Trainer
+from cli import parallel
+from cli.callbacks import run_with_eval_callbacks
 
 DEFAULT_CORPUS = Path("data") / "shakespeare.txt"
 DEFAULT_OUT = Path("runs") / "default"
@@ -42,6 +45,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: Path) -> 
         metavar="SECTION.KEY=VALUE",
         help="override one config value, parsed as TOML (repeatable): --set train.seq_len=100",
     )
+    parallel.add_arguments(parser)  # --nproc, --oversubscribe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,29 +69,30 @@ def plot_losses(run: RunDir, record: dict[str, Any]) -> None:
     draw(run.metrics(), run.path / "loss", title=str(run.path))
 
 
-def run_trainer(*args: Any, **kwargs: Any) -> int:
-    """Build and run a trainer (it draws the loss plot at each evaluation); a Ctrl-C outside the
-    loop's own handling still ends without a traceback."""
-    try:
-        return Trainer(*args, on_eval=plot_losses, **kwargs).run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+def run_trainer(trainer: Trainer) -> int:
+    """Run a trainer; the writing process (rank 0 of a job) draws the loss plot at each evaluation."""
+    if not trainer.is_root:
+        return trainer.run()
+    return run_with_eval_callbacks(trainer, plot_losses)  # + probe, samples, report.html
 
 
-def resume(args: argparse.Namespace, **kwargs: Any) -> int:
-    """Continue the run in ``--out`` from its ``last.npz``, with its own config and corpus."""
+def resumed(args: argparse.Namespace, comm: Comm | None, **kwargs: Any) -> Trainer:
+    """The trainer that continues the run in ``--out`` from its ``last.npz``, with its own config and corpus."""
     ck = read_checkpoint(RunDir(args.out).last_checkpoint())
     config = cfg.resolve(args.config, args.overrides, shortcuts(args), checkpoint=ck.config, resume=True)
     corpus = args.corpus or Path(ck.meta.get("corpus", {}).get("path", ""))
-    return run_trainer(config, corpus, args.out, resume=ck, force=args.force, **kwargs)
+    return Trainer(config, corpus, args.out, resume=ck, force=args.force, comm=comm, **kwargs)
 
 
-def run(args: argparse.Namespace) -> int:
+def build(args: argparse.Namespace, comm: Comm | None) -> Trainer:
     if args.resume:
-        return resume(args)
+        return resumed(args, comm)
     config = cfg.resolve(args.config, args.overrides, shortcuts(args))
     corpus = args.corpus or DEFAULT_CORPUS
     if args.corpus is None and not corpus.exists():
         raise RunError(f"default corpus {corpus} is missing: run `make train` (it fetches it) or pass --corpus PATH")
-    return run_trainer(config, corpus, args.out, force=args.force)
+    return Trainer(config, corpus, args.out, force=args.force, comm=comm)
+
+
+def run(args: argparse.Namespace) -> int:
+    return parallel.run_command(args, "train", build, run_trainer)

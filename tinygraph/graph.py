@@ -19,6 +19,11 @@ Contracts of the walk, which ops may rely on:
   each output, summed over its consumers) and ``in_grads`` (what its backward handed to each
   input, None where nothing went).  Drawings and diagnostics read these records; nothing outside
   the walk calls an op's backward.
+* **Where a leaf's gradient goes.** Into ``.grad``: the first gradient is bound as it is, later
+  ones are added out of place (an op may hand one array to several inputs).  A leaf given a
+  *home* with :func:`set_grad_home` (a preallocated array, e.g. its view of one flat buffer that
+  an all-reduce reads) instead gets its gradient written into the home, in place, whenever its
+  ``.grad`` is None or the home itself; ``.grad`` then is the home.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class GraphError(TinygraphError, RuntimeError):
 _counter = itertools.count()
 _grad_enabled = True
 _scope: dict[str, Any] = {}
+# leaf -> the array its gradient is written into (see set_grad_home); weak, so a leaf is never kept alive
+_grad_homes: weakref.WeakKeyDictionary[Tensor, Any] = weakref.WeakKeyDictionary()
 
 
 class Node:
@@ -115,6 +122,37 @@ class scope:  # noqa: N801 - used like a function, as no_grad
 
 def current_scope() -> dict[str, Any]:
     return _scope
+
+
+def set_grad_home(leaf: Tensor, home: Any | None) -> None:
+    """Make backward write ``leaf``'s gradient into ``home`` in place (None: back to plain ``.grad``).
+
+    ``home`` must have the leaf's shape and dtype.  Its contents are overwritten by the first
+    gradient after ``leaf.grad`` was set to None (``zero_grad``) and added to by later ones, so a
+    flat buffer of homes holds the whole gradient when backward returns, with no packing copy.
+    """
+    if home is None:
+        _grad_homes.pop(leaf, None)
+        return
+    if home.shape != leaf.data.shape or home.dtype != leaf.data.dtype:
+        raise GraphError(
+            f"a gradient home of shape {home.shape} and dtype {home.dtype} does not fit a tensor of shape "
+            f"{leaf.data.shape} and dtype {leaf.data.dtype}"
+        )
+    _grad_homes[leaf] = home
+
+
+def _to_leaf(x: Tensor, gx: Any) -> None:
+    """Accumulate ``gx`` into the leaf ``x``: in its home when it has one, else into ``.grad`` out of place."""
+    home = _grad_homes.get(x) if _grad_homes else None
+    if home is not None and x.grad is None:
+        home[...] = gx
+        x.grad = home
+    elif home is not None and x.grad is home:
+        home += gx
+    else:
+        # out of place: an op may hand the same array to several inputs
+        x.grad = gx if x.grad is None else _add(x.grad, gx)
 
 
 def reachable_nodes(root: Tensor) -> list[Node]:
@@ -207,8 +245,7 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
             gx = sent[slot_index] = _fit_grad(node, slot_index, x, raw)
             c = x.creator
             if c is None:
-                # out of place: an op may hand the same array to several inputs
-                x.grad = gx if x.grad is None else _add(x.grad, gx)
+                _to_leaf(x, gx)
                 continue
             slot = pending.get(c)
             if slot is None:
