@@ -5,7 +5,8 @@
 off the nodes of each step: ``node.out_grads`` of the node that made h_t.  The norms of those
 gradients, one per step, show how much of the loss's gradient survives the trip back to step t:
 a tanh RNN's fades geometrically, gated cells keep it longer.  ``plot_gradient_flow`` draws one
-line per cell type on a log scale with matplotlib.
+line per cell type on a log scale with matplotlib; ``plot_gradient_flow_panels`` puts several such
+pictures side by side on one axis (a model before and after training).
 
 Nothing here knows a model: the layer is any callable ``layer(x) -> (outputs, state)`` whose step
 nodes carry ``scope(t=...)`` (and ``layer=...`` when it stacks several), as tinygraph's layers do.
@@ -82,36 +83,31 @@ def gradient_norms(layer: Callable[[Tensor], Any], x: Tensor, probe: Any) -> np.
     return np.array([float(np.linalg.norm(g)) for g in hidden_gradients(layer, x, probe)])
 
 
-def plot_gradient_flow(
-    flows: Mapping[str, np.ndarray], path: str | os.PathLike, title: str = "", dpi: int = 100
-) -> Path:
-    """One line per entry of ``flows`` (label -> norms over t), log scale, as SVG (or PNG by suffix).
+def _draw_flows(ax: Any, flows: Mapping[str, np.ndarray], mark: int | None = None) -> None:
+    """One line per entry of ``flows`` on a log axis; ``mark``: a dashed line where the training window starts.
 
     Norms of exactly zero (a gradient that underflowed) cannot sit on a log axis and are left out.
     """
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    fmt = path.suffix[1:].lower() or "svg"
-    fig = Figure(figsize=(7.5, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     for label, values in flows.items():
         norms = np.asarray(values, dtype=np.float64)
         shown = np.where(norms > 0, norms, np.nan)
         ax.plot(np.arange(norms.size), shown, label=label, linewidth=1.6)
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
-    ax.set_ylabel("|dL/dh_t|")
     ax.grid(True, which="major", alpha=0.3)
+    if mark is not None:
+        ax.axvline(mark, color="#888888", linestyle="--", linewidth=1, label="training window starts")
     if flows:
         ax.legend()
         steps = max(np.asarray(v).size for v in flows.values())
         ax.set_xlim(0, max(steps - 1, 1))
-    if title:
-        ax.set_title(title, fontsize=10)
+
+
+def _save(fig: Any, path: str | os.PathLike, dpi: int) -> Path:
+    import matplotlib
+
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "svg"
     fig.tight_layout()
     buf = io.BytesIO()
     # a fixed salt makes the SVG's clip-path ids, and no date makes its metadata, the same every run
@@ -119,6 +115,47 @@ def plot_gradient_flow(
         meta = {"Date": None} if fmt in ("svg", "pdf") else {}
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
     return write_atomic(path, buf.getvalue())
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_gradient_flow(
+    flows: Mapping[str, np.ndarray], path: str | os.PathLike, title: str = "", dpi: int = 100
+) -> Path:
+    """One line per entry of ``flows`` (label -> norms over t), log scale, as SVG (or PNG by suffix)."""
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    _draw_flows(ax, flows)
+    ax.set_ylabel("|dL/dh_t|")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def plot_gradient_flow_panels(
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    title: str = "",
+    mark: int | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Panels side by side sharing the log axis (e.g. untrained | trained), each drawn as :func:`plot_gradient_flow`."""
+    fig = _figure(5.2 * max(len(panels), 1), 4.4)
+    axes = fig.subplots(1, max(len(panels), 1), sharey=True, squeeze=False)[0]
+    for ax, (name, flows) in zip(axes, panels.items()):
+        _draw_flows(ax, flows, mark)
+        ax.set_title(name, fontsize=10)
+    axes[0].set_ylabel("|dL/dh_t|")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path, dpi)
 
 
 def geometric_rate(norms: np.ndarray) -> float:
