@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Stamps record that an install finished; the dev one is redone whenever pyproject.toml changes.
+# The dev install includes the `dist` extra (mpi4py, the mpich runtime with mpiexec), so that
+# `make test` runs the data-parallel tests instead of skipping them.
 DEV_STAMP := $(VENV)/.installed-dev
 ORACLE_STAMP := $(VENV)/.installed-oracle
 # Compat mode puts the checkout itself on sys.path, so a package folder added after the install
@@ -18,7 +20,7 @@ ARGS ?=
 BLAS_THREADS ?= 1
 RUN_MODEL := OPENBLAS_NUM_THREADS=$(BLAS_THREADS) OMP_NUM_THREADS=$(BLAS_THREADS) MKL_NUM_THREADS=$(BLAS_THREADS)
 
-.PHONY: help venv oracle graphviz data test lint train sample finetune eval graph gradflow bench clean
+.PHONY: help venv oracle graphviz browser data test lint train sample finetune eval graph gradflow docs bench report clean
 
 help:
 	@echo "make data      prepare data/shakespeare.txt (the default corpus; a no-op once it exists)"
@@ -29,6 +31,8 @@ help:
 	@echo "make test      run the test suite and ruff"
 	@echo "make graph     draw the unrolled BPTT graph of a small LSTM: docs/bptt_lstm.svg"
 	@echo "make gradflow  plot gradient flow over time for rnn, lstm, gru: docs/gradflow.svg"
+	@echo "make docs      run every example of docs/tutorial.md at full size; its pictures go to docs/tutorial/"
+	@echo "make report    write runs/default/report.html (training writes it too, at every evaluation)"
 	@echo "make bench     time training steps against PyTorch (installs torch into .venv)"
 	@echo "make oracle    install torch 2.13.0 into .venv (the PyTorch comparison tests stop skipping)"
 	@echo "make lint      ruff check and ruff format --check"
@@ -44,32 +48,46 @@ $(BIN)/python:
 		echo "could not create $(VENV) with $(PYTHON) -m venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install $(PIP_EDITABLE) -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP_EDITABLE) -e '.[dev,fast,dist]'
 	@touch $@
 
 # torch==2.13.0 (the `oracle` extra): only for the PyTorch comparison tests and the benchmark.
 oracle: $(ORACLE_STAMP)
 
 $(ORACLE_STAMP): $(DEV_STAMP)
-	$(BIN)/python -m pip install $(PIP_EDITABLE) -e '.[dev,oracle]'
+	$(BIN)/python -m pip install $(PIP_EDITABLE) -e '.[dev,fast,dist,oracle]'
 	@touch $@
 
-graphviz:
-	@if command -v dot >/dev/null 2>&1; then \
+# $(call debian_tool,TEST,PACKAGE,MISSING,STATUS): nothing when the shell TEST succeeds; as root with
+# apt-get, install Debian's PACKAGE; otherwise print MISSING and end with STATUS (1 stops make).
+define debian_tool
+	@if $(1); then \
 		exit 0; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "graphviz: 'dot' not found; installing Debian's graphviz package with apt-get"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y graphviz; \
+		echo "$(2): not found; installing Debian's $(2) package with apt-get"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); \
 	else \
-		echo "graphviz's 'dot' is missing: install it (Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz) and run make again" >&2; \
-		exit 1; \
+		echo "$(3)" >&2; \
+		exit $(4); \
 	fi
+endef
+
+GRAPHVIZ_MISSING := graphviz's 'dot' is missing: install it (Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz) and run make again
+graphviz:
+	$(call debian_tool,command -v dot >/dev/null 2>&1,graphviz,$(GRAPHVIZ_MISSING),1)
+
+# Debian's chromium, for the browser tests of the run report (Playwright drives it; it downloads no
+# browser of its own). Not fatal when missing: those tests then skip, saying why (on CI they fail).
+CHROMIUM_FOUND := command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$TINYGRAPH_CHROMIUM" ]
+CHROMIUM_MISSING := chromium is missing, so the browser tests of the run report will skip: install it (Debian/Ubuntu: sudo apt-get install chromium) or set TINYGRAPH_CHROMIUM=/path/to/chrome
+browser:
+	$(call debian_tool,$(CHROMIUM_FOUND),chromium,$(CHROMIUM_MISSING),0)
 
 data: venv
 	$(BIN)/python -m data.prepare
 
 # pytest's exit status 5 means it collected no test: say so rather than let it pass for a result.
-test: graphviz venv
+test: graphviz browser venv
 	@$(BIN)/pytest -q $(ARGS) || { rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$rc; }
 	$(BIN)/ruff check .
@@ -95,6 +113,15 @@ graph: graphviz venv
 
 gradflow: venv
 	$(BIN)/tinygraph gradflow --cell rnn,lstm,gru --steps 100 --out docs/gradflow.svg $(ARGS)
+
+# The tutorial's code blocks, run as the test suite runs them but at full size (chapter 7 trains every
+# cell at every length: minutes), in docs/tutorial/, where the pictures it shows land; what each block
+# prints is checked against the page. ARGS="--chapter 5" runs one chapter.
+docs: graphviz venv
+	$(RUN_MODEL) $(BIN)/python tests/test_tutorial.py --out docs/tutorial $(ARGS)
+
+report: venv
+	$(BIN)/tinygraph report runs/default $(ARGS)
 
 bench: oracle
 	$(BIN)/tinygraph bench $(ARGS)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from cli.options import CommandParser, OneLineParser
 from tinygraph.errors import TinygraphError
 
 COMMANDS = {
@@ -19,6 +20,8 @@ COMMANDS = {
     "eval": ("cli.evaluate", "score a checkpoint: nats/char, bits/char, perplexity"),
     "graph": ("cli.graph", "render the unrolled BPTT graph of a small model as SVG"),
     "gradflow": ("cli.gradflow", "plot the gradient norm dL/dh_t against time"),
+    "memory-task": ("cli.memory_task", "train a recurrent cell on the adding problem or the copy task"),
+    "report": ("cli.report", "write a run's page, report.html: training curves, samples, gradient flow, graph"),
     "bench": ("cli.bench", "time the training step against PyTorch"),
 }
 
@@ -26,8 +29,9 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinygraph", description="tinygraph: recurrent nets as explicit graphs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # every parsing mistake is one line, exit 2
+    parser = OneLineParser(prog="tinygraph", description="tinygraph: recurrent nets as explicit graphs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
