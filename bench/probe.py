@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from charlm.distributed import cores
+
 
 def blas_threads() -> int:
     """Threads NumPy's BLAS uses: threadpoolctl when installed, else the usual env vars, else the CPUs."""
@@ -26,9 +28,7 @@ def blas_threads() -> int:
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
-    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may run on, not the whole box
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return cores()
 
 
 def gemm_peak_gflops(xp: Any, n: int, repeats: int, sync: Callable[[], None]) -> float:

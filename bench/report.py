@@ -11,6 +11,7 @@ from bench.cases import VOCAB, Config
 from bench.cost import kept_bytes, matmul_flops, parameter_count
 from bench.options import Options
 from bench.timing import Race
+from models import cells
 
 
 @dataclass
@@ -41,6 +42,8 @@ def case_rows(cfg: Config, cell: str, race: Race, options: Options, env: dict[st
             "cell": cell,
             "form": "fused" if r is fused else "primitive",
             "device": options.device,
+            # which gate math the fused steps ran: CUDA kernels on the GPU, else numba's or NumPy's
+            "gate_math": "cuda" if options.device == "gpu" else cells.get_gate_math(),
             **{k: v for k, v in asdict(cfg).items() if k != "name"},
             "vocab": VOCAB,
             "params": parameter_count(cell, cfg),
@@ -104,7 +107,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(report: Report) -> str:
     rows, env = report.rows, report.env
     header = (
-        f"{'config':<6} {'cell':<5} {'form':<9} {'tg ms':>8} {'torch ms':>9} {'tg char/s':>10} "
+        f"{'config':<6} {'cell':<5} {'form':<9} {'gates':<5} {'tg ms':>8} {'torch ms':>9} {'tg char/s':>10} "
         f"{'torch char/s':>12} {'ratio':>6} {'tg GF/s':>8} {'%peak':>6} {'torch GF/s':>10} "
         f"{'step MB':>8} {'kept MB':>8} {'mem x':>6} {'nodes/s':>9} {'prim/fused':>10}"
     )
@@ -123,7 +126,8 @@ def format_table(report: Report) -> str:
     ]
     for r in rows:
         lines.append(
-            f"{r['config']:<6} {r['cell']:<5} {r['form']:<9} {r['tg_ms']:>8.1f} {_fmt(r['torch_ms'], '.1f'):>9} "
+            f"{r['config']:<6} {r['cell']:<5} {r['form']:<9} {r['gate_math']:<5} "
+            f"{r['tg_ms']:>8.1f} {_fmt(r['torch_ms'], '.1f'):>9} "
             f"{r['tg_chars_per_s']:>10.0f} {_fmt(r['torch_chars_per_s'], '.0f'):>12} {_fmt(r['ratio'], '.2f'):>6} "
             f"{r['tg_gflops']:>8.1f} {100 * r['tg_peak_share']:>5.0f}% {_fmt(r['torch_gflops'], '.1f'):>10} "
             f"{r['tg_peak_bytes'] / 2**20:>8.1f} {r['kept_bytes'] / 2**20:>8.1f} {r['mem_ratio']:>6.2f} "
@@ -132,7 +136,7 @@ def format_table(report: Report) -> str:
     lines += [
         "",
         "ratio = tinygraph chars/s / torch chars/s (> 1: tinygraph is faster); GF/s counts matmul FLOPs only; "
-        "%peak = tinygraph GF/s / GEMM peak;",
+        "%peak = tinygraph GF/s / GEMM peak; gates = the fused cells' gate math (numba, numpy or cuda);",
         "step MB = tinygraph's peak allocation during one step; kept MB = activations BPTT must keep; "
         "mem x = step / kept (see docs/bench_cpu.md).",
     ]

@@ -40,7 +40,7 @@ from models.recurrent import CELLS
 from tinygraph import backend
 from tinygraph import checkpoint as ckpt_io
 from tinygraph.errors import TinygraphError
-from tinygraph.graph import Node, reachable_nodes
+from tinygraph.graph import Node, reachable_nodes, step_outputs
 
 PROBE_FILE = "probe.npz"
 PROBE_KIND = "tinygraph-bptt-probe"
@@ -48,13 +48,13 @@ PROBE_ROWS = 8  # B: rows of the window, spread over the validation split
 MAX_PROBE_STEPS = 512
 SATURATION = 0.1  # a gate below this, or above 1 - this, counts as saturated
 
-# Where each gate's activations sit in a fused step's (B, gates * H) block (PyTorch's orders,
-# models/cells.py); the names are the ``part`` tags of the same gates in models/primitive_cells.py.
-# The candidate (a tanh) is no gate; CIFG's forget gate is 1 - its input gate.
+# Where each sigmoid gate's activations sit in a fused step's (B, gates * H) block, by the ``part``
+# tag the primitive cell gives the same gate; from each cell's ``blocks``.  The candidate (a tanh)
+# is no gate; CIFG's forget gate is 1 - its input gate.
 GATE_BLOCKS: dict[str, dict[str, int]] = {
-    "lstm": {"input gate": 0, "forget gate": 1, "output gate": 3},
-    "cifg": {"input gate": 0, "output gate": 2},
-    "gru": {"reset gate": 0, "update gate": 1},
+    name: {part: i for i, part in enumerate(cls.blocks) if part.endswith(" gate")}
+    for name, cls in CELLS.items()
+    if any(part.endswith(" gate") for part in cls.blocks)
 }
 
 
@@ -108,11 +108,7 @@ class _Track:
     gates: dict[str, list[Any]] = field(default_factory=dict)
 
     def hidden(self) -> dict[int, Node]:
-        found = {}
-        for t, group in self.candidates.items():
-            tagged = [n for n in group if n.scope.get("part") == "hidden"]
-            found[t] = max(tagged or group, key=lambda n: n.seq)
-        return found
+        return step_outputs(self.candidates)
 
 
 def _tracks(nodes: list[Node]) -> list[_Track]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import bench
 import tinygraph as tg
 from cli.options import at_least, writable_file
+from models import cells
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="primitive",
         action="store_false",
         help="skip the primitive-op cells (fused=False) that are otherwise timed on config M",
+    )
+    parser.add_argument(
+        "--gate-math",
+        choices=("numba", "numpy"),
+        default=None,
+        help="the fused cells' CPU gate math: numba (compiled; the default where installed) or numpy (the reference)",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the timed tinygraph steps; write the top to FILE")
     parser.add_argument(
@@ -74,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.nproc is not None:
         return _scaling(args, options)
+    if args.gate_math is not None:
+        cells.set_gate_math(args.gate_math)  # GateMathError (one line) where numba is missing
     previous_device = tg.get_device()
     tg.set_device(args.device)  # DeviceError (a TinygraphError) when the GPU is asked for but missing
     try:

@@ -11,22 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.options import OptionError, writable_file
+from cli.options import OptionError, cell_list, writable_file
 from models.recurrent import CELLS
 
 INPUT, BATCH = 16, 4
 
 
-def _cells(text: str) -> list[str]:
-    names = [c.strip().lower() for c in text.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CELLS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"cells are a comma-separated list of {', '.join(CELLS)}; got {text!r}")
-    return list(dict.fromkeys(names))  # drop repeats, keep the order given
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cell", type=_cells, metavar="LIST", help="e.g. rnn,lstm,gru (the default)")
+    parser.add_argument("--cell", type=cell_list, metavar="LIST", help="e.g. rnn,lstm,gru (the default)")
     parser.add_argument(
         "--steps", type=int, metavar="T", help="time steps (default 100; with --checkpoint twice the run's seq_len)"
     )

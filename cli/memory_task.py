@@ -14,8 +14,7 @@ import math
 from pathlib import Path
 
 # the --cell list of `tinygraph gradflow`: the same names, the same message
-from cli.gradflow import _cells
-from cli.options import OptionError, at_least, between, positive_finite, writable_file
+from cli.options import OptionError, at_least, between, cell_list, positive_finite, writable_file
 
 MAX_LENGTH = 10_000
 
@@ -42,7 +41,7 @@ def _forget_bias(text: str) -> float | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("adding", "copy"), default="adding", help="the task (default adding)")
     parser.add_argument(
-        "--cell", type=_cells, default=["lstm"], metavar="LIST", help="rnn, lstm, gru, cifg or a list (default lstm)"
+        "--cell", type=cell_list, default=["lstm"], metavar="LIST", help="rnn, lstm, gru, cifg or a list (default lstm)"
     )
     parser.add_argument(
         "--length", type=_lengths, default=[50], metavar="LIST", help="sequence length T, or a list (default 50)"

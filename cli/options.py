@@ -79,3 +79,14 @@ def writable_file(option: str, path: Path, *, makes_parents: bool = True) -> Non
             pass
     except OSError as exc:
         raise OptionError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def cell_list(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of recurrent cells (rnn, lstm, gru, cifg), repeats dropped."""
+    from models.recurrent import CELLS
+
+    names = [c.strip().lower() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CELLS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"cells are a comma-separated list of {', '.join(CELLS)}; got {text!r}")
+    return list(dict.fromkeys(names))  # drop repeats, keep the order given

@@ -35,6 +35,9 @@ class Recurrent(Module):
 
     cell: ClassVar[str] = ""  # "rnn", "lstm", "cifg", "gru": the scope tag, the CLI's --cell
     gates: ClassVar[int] = 1  # the width of the input and recurrent projections, in units of H
+    # the (B, H) blocks of those projections in order, named by the ``part`` tag the primitive cell
+    # gives the same gate (PyTorch's orders)
+    blocks: ClassVar[tuple[str, ...]] = ("hidden",)
     has_cell_state: ClassVar[bool] = False
     kept_per_step: ClassVar[int] = 1  # (B, H) blocks BPTT keeps per layer and step (the memory model)
     separate_recurrent_bias: ClassVar[bool] = False  # b_hh used inside the cell, not summed with b_ih
@@ -170,6 +173,7 @@ class LSTM(Recurrent):
     """LSTM with PyTorch's equations and gate order (i, f, g, o)."""
 
     cell, gates, has_cell_state, torch_name = "lstm", 4, True, "LSTM"
+    blocks = ("input gate", "forget gate", "cell candidate", "output gate")
     kept_per_step = 6  # the 4 gate activations, c_t, h_t
     fused_step = cells.LSTMStep
     primitive_cell = staticmethod(primitive_cells.lstm_cell)
@@ -179,6 +183,7 @@ class CIFG(Recurrent):
     """Coupled input-forget gate LSTM (Greff et al. 2015): f = 1 - i; gates (i, g, o)."""
 
     cell, gates, has_cell_state = "cifg", 3, True
+    blocks = ("input gate", "cell candidate", "output gate")
     kept_per_step = 5  # the 3 gate activations, c_t, h_t
     fused_step = cells.CIFGStep
     primitive_cell = staticmethod(primitive_cells.cifg_cell)
@@ -188,6 +193,7 @@ class GRU(Recurrent):
     """GRU with PyTorch's equations and gate order (r, z, n)."""
 
     cell, gates, torch_name = "gru", 3, "GRU"
+    blocks = ("reset gate", "update gate", "candidate")
     kept_per_step = 5  # the 3 gate activations, h W_hn^T + b_hn (which dr needs), h_t
     separate_recurrent_bias = True  # the reset gate scales h W_hn^T + b_hn
     fused_step = cells.GRUStep

@@ -188,3 +188,22 @@ def test_primitive_row_reports_graph_overhead(monkeypatch: pytest.MonkeyPatch, c
     assert math.isclose(primitive["primitive_over_fused"], primitive["tg_ms"] / fused["tg_ms"], rel_tol=1e-9)
     assert math.isclose(primitive["nodes_per_s"], primitive["nodes_per_step"] / primitive["tg_ms"] * 1e3)
     assert fused["primitive_over_fused"] is None
+
+
+@pytest.mark.parametrize("choice", ["numpy", "numba"])
+def test_each_row_names_the_gate_math_it_ran(
+    choice: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from models import cells
+
+    if choice not in cells.gate_maths():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(probe, "torch_version", lambda: None)
+    previous = cells.get_gate_math()
+    try:
+        rows, _ = _rows(capsys, ["--cells", "lstm,gru", "--gate-math", choice])
+        assert [r["gate_math"] for r in rows] == [choice, choice]
+        assert main([*TINY, "--cells", "rnn", "--gate-math", choice]) == 0
+        assert f"\nT      rnn   fused     {choice:<5}" in capsys.readouterr().out
+    finally:
+        cells.set_gate_math(previous)

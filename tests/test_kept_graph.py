@@ -182,3 +182,12 @@ def test_a_sequence_runs_the_gate_math_chosen_when_it_was_made(cell: str, gate_m
     assert seq.math is (
         cells.NUMPY_GATE_MATH if gate_math == "numpy" else __import__("models.numba_kernels").numba_kernels
     )
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_each_cells_blocks_are_the_parts_its_primitive_cell_tags(cell: str) -> None:
+    cls = CELLS[cell]
+    assert len(cls.blocks) == cls.gates
+    out, _ = cls(2, 3, fused=False)(tg.tensor(np.ones((1, 2, 2), np.float32), requires_grad=True))
+    parts = {n.scope.get("part") for n in tg.Graph.of(tg.sum(out)).nodes}
+    assert set(cls.blocks) <= parts, parts

@@ -124,6 +124,20 @@ def current_scope() -> dict[str, Any]:
     return _scope
 
 
+def step_outputs(by_step: dict[int, list[Node]]) -> dict[int, Node]:
+    """For the nodes of one unrolled layer grouped by time step: the node whose first output is h_t.
+
+    A fused step is one node; a step written in primitive ops tags the ops computing h with
+    ``part="hidden"``, the newest of them making h_t.  (The scope convention every recurrent cell
+    follows, read by drawings and by the training probe.)
+    """
+    found = {}
+    for t, group in by_step.items():
+        hidden = [n for n in group if n.scope.get("part") == "hidden"]
+        found[t] = max(hidden or group, key=operator.attrgetter("seq"))
+    return found
+
+
 def set_grad_home(leaf: Tensor, home: Any | None) -> None:
     """Make backward write ``leaf``'s gradient into ``home`` in place (None: back to plain ``.grad``).
 

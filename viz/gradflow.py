@@ -26,7 +26,7 @@ import numpy as np
 from tinygraph import backend
 from tinygraph.atomic import write_atomic
 from tinygraph.errors import TinygraphError
-from tinygraph.graph import Graph, Node
+from tinygraph.graph import Graph, Node, step_outputs
 from tinygraph.tensor import Tensor
 
 
@@ -48,11 +48,7 @@ def _hidden_nodes(nodes: list[Node]) -> dict[int, Node]:
     for n in stepped:
         if n.scope.get("layer", 0) == top:
             by_step.setdefault(n.scope["t"], []).append(n)
-    found = {}
-    for t, group in by_step.items():
-        hidden = [n for n in group if n.scope.get("part") == "hidden"]
-        found[t] = max(hidden or group, key=lambda n: n.seq)
-    return found
+    return step_outputs(by_step)
 
 
 def hidden_gradients(layer: Callable[[Tensor], Any], x: Tensor, probe: Any) -> list[np.ndarray]:
