@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -180,6 +181,9 @@ checkpoint.save(sys.argv[1], {"w": np.full(50_000, 7.0)}, {"version": "new"})
 """
 
 
+STUCK_S = 300.0  # a bound on a stuck child, not a timing check
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_kill_9_mid_write_leaves_old_file_loadable(tmp_path):
     path = tmp_path / "live.npz"
@@ -189,6 +193,9 @@ def test_kill_9_mid_write_leaves_old_file_loadable(tmp_path):
         [sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
     )
     try:
+        # a child stuck before printing must fail the test, not hang it: wait for output with a bound
+        ready, _, _ = select.select([child.stdout], [], [], STUCK_S)
+        assert ready, f"the writer printed nothing in {STUCK_S:.0f} s"
         assert child.stdout.readline().strip() == "writing"
         temps = stray_files(tmp_path, "live.npz")
         assert len(temps) == 1 and os.path.getsize(tmp_path / temps[0]) > 50_000 * 8  # really mid-write
