@@ -20,7 +20,7 @@ ARGS ?=
 BLAS_THREADS ?= 1
 RUN_MODEL := OPENBLAS_NUM_THREADS=$(BLAS_THREADS) OMP_NUM_THREADS=$(BLAS_THREADS) MKL_NUM_THREADS=$(BLAS_THREADS)
 
-.PHONY: help venv oracle graphviz browser data test lint train sample finetune eval graph gradflow docs bench report clean
+.PHONY: help venv oracle graphviz browser data test lint train sample finetune eval graph gradflow docs bench quality report clean
 
 help:
 	@echo "make data      prepare data/shakespeare.txt (the default corpus; a no-op once it exists)"
@@ -34,6 +34,7 @@ help:
 	@echo "make docs      run every example of docs/tutorial.md at full size; its pictures go to docs/tutorial/"
 	@echo "make report    write runs/default/report.html (training writes it too, at every evaluation)"
 	@echo "make bench     time training steps against PyTorch (installs torch into .venv)"
+	@echo "make quality   tinygraph vs torch nn.LSTM, validation loss against wall-clock (ARGS=\"--minutes 4 --corpus FILE\")"
 	@echo "make oracle    install torch 2.13.0 into .venv (the PyTorch comparison tests stop skipping)"
 	@echo "make lint      ruff check and ruff format --check"
 	@echo "make clean     remove .venv and caches (keeps runs/ and data/)"
@@ -125,6 +126,9 @@ report: venv
 
 bench: oracle
 	$(BIN)/tinygraph bench $(ARGS)
+
+quality: oracle
+	$(RUN_MODEL) $(BIN)/tinygraph bench --quality $(ARGS)
 
 # Never touches runs/ (checkpoints) or data/ (the corpus and its download cache).
 clean:

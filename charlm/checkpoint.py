@@ -233,7 +233,8 @@ def check_layout(meta: dict, headers: dict[str, ckpt_io.ArrayHeader]) -> tuple[V
 
 
 def build_model(config: cfg.Config, vocab_size: int, *, training: bool = True) -> CharLM:
-    """The CharLM the config describes (``train.dropout`` filled into tables that set no rate).
+    """The CharLM the config describes (``train.dropout`` filled into tables that set no rate, and the
+    regularisers ``train.weight_drop``, ``locked_dropout`` and ``output_dropout`` turned on).
 
     Refused before anything is allocated when it cannot fit in memory (:func:`charlm.config.check_memory`):
     the model and a training step, or with ``training`` False the weights alone, on the current device.
@@ -241,7 +242,11 @@ def build_model(config: cfg.Config, vocab_size: int, *, training: bool = True) -
     need = cfg.check_memory(config, vocab_size, tg.get_device(), training=training)
     layers = cfg.layers_with_dropout(config["model"]["layers"], config["train"]["dropout"])
     try:
-        return CharLM.from_layers(vocab_size, layers, fused=config["model"]["fused"])
+        model = CharLM.from_layers(vocab_size, layers, fused=config["model"]["fused"])
+        tc = config["train"]
+        return model.regularise(
+            weight_drop=tc["weight_drop"], locked=tc["locked_dropout"], output_dropout=tc["output_dropout"]
+        )
     except MemoryError:
         raise cfg.ConfigError(
             f"the model ({need.parameters:,} parameters, {memory.format_bytes(need.weights)}) cannot be "

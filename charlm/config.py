@@ -88,11 +88,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "a number in [0, 1)",
             "rate for layer tables that set none (recurrent `dropout`, Dropout `p`)",
         ),
-        "schedule": Key(str, "plateau", _one_of("plateau", "cosine", "none"), "plateau|cosine|none"),
+        "locked_dropout": Key(
+            bool, False, help="dropout over sequences draws one mask per sequence, shared by its time steps"
+        ),
+        "output_dropout": Key(
+            float, 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)", "dropout on the input of the output Dense"
+        ),
+        "weight_drop": Key(
+            float, 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)", "DropConnect on recurrent W_hh, one mask a batch"
+        ),
+        "schedule": Key(
+            str,
+            "plateau",
+            _one_of("plateau", "cosine", "cosine_budget", "none"),
+            "plateau|cosine|cosine_budget|none",
+            "cosine_budget: cosine to min_lr at the run's end, time_budget or steps, whichever comes first",
+        ),
         "patience": Key(int, 3, _non_negative, "an integer >= 0", "plateau: evaluations without improvement"),
         "lr_factor": Key(float, 0.5, lambda v: 0 < v < 1, "a number in (0, 1)", "plateau: multiplier on a plateau"),
         "min_lr": Key(float, 0.0, _non_negative, "a number >= 0", "floor of the learning rate"),
-        "warmup_steps": Key(int, 0, _non_negative, "an integer >= 0", "cosine: linear warm-up steps"),
+        "warmup_steps": Key(int, 0, _non_negative, "an integer >= 0", "cosine, cosine_budget: linear warm-up steps"),
         "eval_interval": Key(int, 100, _positive, "an integer > 0", "steps between evaluations and checkpoints"),
         "eval_batches": Key(int, 20, _non_negative, "an integer >= 0", "validation windows per evaluation; 0 = all"),
         "sample_interval": Key(int, 0, _non_negative, "an integer >= 0", "steps between samples; 0 = each evaluation"),

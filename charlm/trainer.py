@@ -65,6 +65,10 @@ def make_schedule(optimizer: tg.optim.Optimizer, train: dict[str, Any]) -> tg.sc
     if train["schedule"] == "cosine":
         warmup = min(train["warmup_steps"], train["steps"])
         return tg.schedules.CosineWithWarmup(optimizer, train["learning_rate"], warmup, train["steps"], train["min_lr"])
+    if train["schedule"] == "cosine_budget":
+        return tg.schedules.CosineToEnd(
+            optimizer, train["learning_rate"], train["warmup_steps"], train["steps"], train["min_lr"]
+        )
     return tg.schedules.FixedLR(optimizer)
 
 
@@ -246,10 +250,21 @@ class Trainer:
             norm = tg.optim.clip_grad_norm(self.params, self.tc["clip"])
             if not math.isfinite(norm):
                 raise DivergedError(self._diverged_message(f"the gradient norm is {norm}"))
-        self.schedule.on_step(self.step)
+        self.schedule.on_step(self.step, self._progress(start))
         self.optimizer.step()
         self.progress.step += 1
         return value
+
+    def _progress(self, start: float) -> float:
+        """The fraction of this run done: of train.steps, or of the time budget if that is further along.
+
+        Data-parallel ranks read only the steps: their clocks differ, their learning rates must not.
+        """
+        done = self.step / self.tc["steps"]
+        budget = self.tc["time_budget"]
+        if budget > 0 and self.dp is None:
+            done = max(done, (time.perf_counter() - start) / budget)
+        return min(1.0, done)
 
     def _over_budget(self, start: float) -> bool:
         return 0 < self.tc["time_budget"] <= time.perf_counter() - start

@@ -3,6 +3,8 @@
 This module only reads the options, sets the device once and prints the report; a request the
 benchmark cannot run raises :class:`bench.BenchError`, which ``cli.main`` prints as one line (exit 2).
 ``--nproc N`` times data-parallel training instead: N ranks against one process (``bench.scaling``).
+``--quality --minutes M`` trains the config and torch's nn.LSTM of its size for M minutes each and
+compares their validation loss against wall-clock (``bench.quality``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "1 x 1, with the scaling efficiency and the bytes all-reduced per step (needs the dist extra)",
     )
     parser.add_argument("--oversubscribe", action="store_true", help="allow --nproc above the number of cores")
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="compare learning instead: the config and torch's nn.LSTM of its size, trained for --minutes each "
+        "on --corpus; writes OUT/quality.jsonl, quality.txt and quality.svg",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=4.0, help="--quality: wall-clock per side (default %(default)s)"
+    )
+    parser.add_argument("--config", default=None, help="--quality: the TOML config (default: the defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="--quality: a key")
+    parser.add_argument("--out", default="runs/quality", help="--quality: the directory written (default %(default)s)")
     parser.add_argument("--gemm-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pause", type=float, default=bench.PAUSE_S, help=argparse.SUPPRESS)  # tests: 0
 
@@ -79,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         gemm_size=args.gemm_size,
         pause=args.pause,
     )
+    if args.quality:
+        return _quality(args)
     if args.nproc is not None:
         return _scaling(args, options)
     if args.gate_math is not None:
@@ -115,6 +131,21 @@ def _scaling(args: argparse.Namespace, options: bench.Options) -> int:
         progress=_progress,
     )
     print(scaling.scaling_json(report) if args.json else scaling.format_scaling(report))
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from bench import quality
+    from bench.corpus import DEFAULT_CORPUS
+    from charlm import config as cfg
+
+    corpus = Path(args.corpus) if args.corpus else DEFAULT_CORPUS
+    if not corpus.is_file():
+        raise bench.BenchError(f"--quality needs a text: --corpus FILE ({corpus} is not there)")
+    config = cfg.resolve(args.config, args.set)
+    report = quality.run_quality(config, corpus, Path(args.out), args.minutes, progress=_progress)
+    print(quality.format_table(report, args.minutes), end="")
+    print("wrote " + ", ".join(str(p) for p in report.files))
     return 0
 
 

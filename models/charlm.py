@@ -174,6 +174,25 @@ class CharLM(Module):
         self.vocab_size = vocab_size
         self.layers = [self.add_module(str(i), m) for i, m in enumerate(layers)]
         self.layers_spec = copy.deepcopy(layers_spec)
+        self.output_dropout = 0.0  # dropout on the input of the output Dense (set by regularise)
+        self.locked = False
+
+    def regularise(self, *, weight_drop: float = 0.0, locked: bool = False, output_dropout: float = 0.0) -> CharLM:
+        """Turn on the training-time regularisers small character LMs need (AWD-LSTM's recipe).
+
+        ``weight_drop``: DropConnect on every recurrent layer's W_hh, one mask per window.
+        ``locked``: dropout over sequences (between recurrent layers, and ``output_dropout``) draws
+        one mask per sequence, shared by all its time steps.  ``output_dropout``: dropout on the
+        input of the last layer (the Dense to the vocabulary).  None of them acts in eval mode.
+        """
+        for what, p in (("weight_drop", weight_drop), ("output_dropout", output_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{what} probability must be in [0, 1), not {p}")
+        for m in self.modules():
+            if isinstance(m, Recurrent):
+                m.weight_drop, m.locked = weight_drop, locked
+        self.output_dropout, self.locked = output_dropout, locked
+        return self
 
     @classmethod
     def from_layers(cls, vocab_size: int, spec: list[dict[str, Any]], fused: bool = True) -> CharLM:
@@ -193,6 +212,9 @@ class CharLM(Module):
         finals = []
         x: Any = ids
         for layer in self.layers:
+            if layer is self.layers[-1] and self.output_dropout and self.training:
+                with tg.scope(part="output dropout"):
+                    x = tg.dropout(x, self.output_dropout, shared_axes=(0,) if self.locked else ())
             if isinstance(layer, (Recurrent, RNNBlock)):
                 x, s = layer.unroll(x, states[len(finals)])
                 finals.append(s)

@@ -46,16 +46,28 @@ class Recurrent(Module):
     primitive_cell: ClassVar[Callable[..., tuple[Any, Any]]]  # the step in primitive ops (models.primitive_cells)
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, fused: bool = True
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        fused: bool = True,
+        *,
+        weight_drop: float = 0.0,
+        locked: bool = False,
     ):
         super().__init__()
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{type(self).__name__} {what} must be a positive integer, not {v!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), not {dropout}")
+        for what, p in (("dropout", dropout), ("weight_drop", weight_drop)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{what} probability must be in [0, 1), not {p}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.fused = dropout, fused
+        # regularisers (AWD-LSTM's): DropConnect on W_hh, one mask per window; and the dropout
+        # between layers locked, one mask per sequence shared by all its time steps
+        self.weight_drop, self.locked = weight_drop, locked
         bound = 1.0 / math.sqrt(hidden_size)  # torch's default: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
         rows = self.gates * hidden_size
         for k in range(num_layers):
@@ -96,7 +108,7 @@ class Recurrent(Module):
             finals_h.append(h)
             finals_c.append(c)
             if self.dropout and k < self.num_layers - 1:
-                x = tg.dropout(x, self.dropout, training=self.training)
+                x = tg.dropout(x, self.dropout, training=self.training, shared_axes=(0,) if self.locked else ())
         h = tg.stack(finals_h)
         return x, ((h, tg.stack(finals_c)) if self.has_cell_state else h)
 
@@ -123,6 +135,12 @@ class Recurrent(Module):
     def _unroll_layer(self, k: int, x: tg.Tensor, h: Any, c: Any) -> tuple[tg.Tensor, tg.Tensor, Any]:
         """One layer over all steps: (outputs (T, B, H), final h, final c or None)."""
         w_ih, w_hh, b_ih, b_hh = self.weights(k)
+        if self.weight_drop and self.training:
+            # DropConnect once per window, before the unroll: every step uses the same dropped
+            # weight, so the time loop (and the fused step) is unchanged, and the gradient that
+            # reaches W_hh is masked alike
+            with tg.scope(part="weight drop"):
+                w_hh = tg.dropout(w_hh, self.weight_drop)
         h = self._zeros(x) if h is None else h
         if self.has_cell_state:
             c = self._zeros(x) if c is None else c

@@ -162,3 +162,30 @@ def test_on_resume_takes_back_only_what_the_schedule_cannot_recompute():
 def test_bad_settings_are_user_errors(build, match):
     with pytest.raises(tg.TinygraphError, match=match):
         build(optimizer())
+
+
+def test_cosine_to_end_reaches_min_lr_exactly_when_the_run_ends():
+    from tinygraph.schedules import CosineToEnd
+
+    opt = optimizer()
+    sched = CosineToEnd(opt, base_lr=1.0, warmup_steps=0, total_steps=100, min_lr=0.1)
+    sched.on_step(5, progress=0.0)
+    assert opt.lr == 1.0
+    sched.on_step(6, progress=0.5)  # half the time budget spent, whatever the step
+    assert opt.lr == pytest.approx(0.55)
+    sched.on_step(7, progress=1.0)
+    assert opt.lr == pytest.approx(0.1) and sched.last_progress == 1.0
+    sched.on_step(8, progress=1.7)  # past the end: stays at the floor
+    assert opt.lr == pytest.approx(0.1)
+    # no progress given: the fraction of the steps, a function of the step alone (exact resumes)
+    assert sched.lr_at(50) == pytest.approx(0.55) and sched.lr_at(100) == pytest.approx(0.1)
+    warm = CosineToEnd(optimizer(), base_lr=1.0, warmup_steps=4, total_steps=100)
+    assert warm.lr_at(0, 0.0) == 0.25 and warm.lr_at(3, 0.0) == 1.0
+    assert warm.lr_at(1, 0.5) == pytest.approx(0.5 * 0.5)  # the warm-up scales the cosine
+    state = json.loads(json.dumps(sched.state_dict()))
+    assert state["kind"] == "cosine_to_end"
+    again = CosineToEnd(optimizer(), base_lr=1.0, warmup_steps=0, total_steps=100)
+    again.on_resume(state)  # nothing to take back: progress is reported afresh
+    assert again.last_progress is None
+    with pytest.raises(tg.TinygraphError, match="min_lr"):
+        CosineToEnd(optimizer(), base_lr=1.0, warmup_steps=0, total_steps=10, min_lr=2.0)

@@ -128,10 +128,15 @@ def embedding(ids: Any, weight: Like) -> Tensor:
     return Embedding(ids)(weight)
 
 
-def dropout(x: Like, p: float, training: bool = True, rng: Any = None) -> Tensor:
-    """Inverted dropout; the identity when not training or p == 0."""
+def dropout(x: Like, p: float, training: bool = True, rng: Any = None, shared_axes: tuple[int, ...] = ()) -> Tensor:
+    """Inverted dropout; the identity when not training or p == 0.
+
+    ``shared_axes``: one mask value is drawn for all positions along these axes (locked, or
+    variational, dropout of a time-major (T, B, H) sequence shares axis 0: one mask per sequence).
+    Applied to a weight, it is DropConnect: the gradient reaching the weight is masked the same way.
+    """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), not {p}")
     if not training or p == 0.0:
         return x if isinstance(x, Tensor) else Tensor(x)
-    return Dropout(p, rng if rng is not None else _random.get_rng())(x)
+    return Dropout(p, rng if rng is not None else _random.get_rng(), shared_axes)(x)

@@ -1,10 +1,11 @@
 """Learning-rate schedules: they set ``optimizer.lr`` and save their own state as JSON-able dicts.
 
 Every schedule answers the same three events, so a training loop drives any of them without
-asking which it is: ``on_step(step)`` before optimizer step ``step`` (0-based), ``on_eval(val_loss)``
+asking which it is: ``on_step(step, progress)`` before optimizer step ``step`` (0-based), with the
+fraction of the run done in [0, 1] when the loop knows it (None otherwise), ``on_eval(val_loss)``
 after an evaluation, ``on_resume(state)`` with the ``state_dict()`` a run saved (or None).  A
 schedule ignores the events it has no use for: ``ReduceLROnPlateau`` follows the validation loss,
-``CosineWithWarmup`` the step, ``FixedLR`` neither.
+``CosineWithWarmup`` the step, ``CosineToEnd`` the progress, ``FixedLR`` none.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class Schedule:
     def __init__(self, optimizer: Optimizer):
         self.optimizer = optimizer
 
-    def on_step(self, step: int) -> None:
-        """Before optimizer step ``step`` (0-based)."""
+    def on_step(self, step: int, progress: float | None = None) -> None:
+        """Before optimizer step ``step`` (0-based); ``progress``: the fraction of the run done, if known."""
 
     def on_eval(self, val_loss: float) -> None:
         """After an evaluation, with its validation loss."""
@@ -167,9 +168,51 @@ class CosineWithWarmup(Schedule):
         self.last_step = int(step)
         return lr
 
-    def on_step(self, step: int) -> None:
+    def on_step(self, step: int, progress: float | None = None) -> None:
         self.step(step)
 
     def on_resume(self, state: dict | None) -> None:
         """Nothing to take back: the rate is a function of the step and of this schedule's settings,
         which a resumed run may have changed (a new ``total_steps``)."""
+
+
+class CosineToEnd(Schedule):
+    """Linear warm-up over ``warmup_steps``, times a half cosine over the run's progress: ``min_lr`` at its end.
+
+    The training loop says, at each step, what fraction of the run is done (for a run with a time
+    budget, the larger of the fraction of steps and the fraction of the budget spent), so the rate
+    reaches ``min_lr`` exactly when the run stops, however fast the machine is:
+    ``min_lr + (base_lr - min_lr) * w * (1 + cos(pi * progress)) / 2`` with the warm-up factor
+    ``w = min(1, (step + 1) / warmup_steps)``.  Given no progress it falls back to ``step / total_steps``,
+    a function of the step alone (so a run without a time budget resumes exactly).
+    """
+
+    kind = "cosine_to_end"
+    _fields = ("base_lr", "warmup_steps", "total_steps", "min_lr", "last_progress")
+
+    def __init__(self, optimizer: Optimizer, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
+        _check("warmup_steps", int(warmup_steps) == warmup_steps and warmup_steps >= 0, warmup_steps, "needs >= 0")
+        _check("total_steps", int(total_steps) == total_steps and total_steps >= 1, total_steps, "needs >= 1")
+        _check("min_lr", 0.0 <= min_lr <= base_lr, min_lr, f"needs 0 <= min_lr <= base_lr ({base_lr})")
+        super().__init__(optimizer)
+        self.base_lr, self.min_lr = float(base_lr), float(min_lr)
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        self.last_progress: float | None = None
+
+    def lr_at(self, step: int, progress: float | None = None) -> float:
+        """The rate for optimizer step ``step`` at ``progress`` (default ``step / total_steps``)."""
+        if step < 0:
+            raise TinygraphError(f"schedule step must be >= 0, got {step}")
+        if progress is None:
+            progress = step / self.total_steps
+        progress = min(1.0, max(0.0, float(progress)))
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.base_lr - self.min_lr) * warm * cosine
+
+    def on_step(self, step: int, progress: float | None = None) -> None:
+        self.optimizer.lr = self.lr_at(int(step), progress)
+        self.last_progress = progress
+
+    def on_resume(self, state: dict | None) -> None:
+        """Nothing to take back: a resumed run is a new invocation, whose progress the loop reports afresh."""

@@ -154,30 +154,37 @@ class Dropout(Op):
 
     name = "dropout"
 
-    def __init__(self, p: float, rng: Any):
+    def __init__(self, p: float, rng: Any, shared_axes: tuple[int, ...] = ()):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), not {p}")
         self.p, self.rng = p, rng
+        # axes along which one mask value is shared (locked dropout: axis 0, time, of a (T, B, H) sequence)
+        self.shared_axes = tuple(shared_axes)
 
     def describe(self) -> str:
-        return f"p={self.p}"
+        shared = f", shared over axes {self.shared_axes}" if self.shared_axes else ""
+        return f"p={self.p}{shared}"
 
     def forward(self, x: Any) -> Any:
         xp = get_array_module(x)
-        if xp is not np and isinstance(self.rng, np.random.Generator):
+        axes = {a % x.ndim for a in self.shared_axes}
+        shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+        scale = x.dtype.type(1.0 / (1.0 - self.p))
+        if xp is not np and isinstance(self.rng, np.random.Generator) and shape == tuple(x.shape):
             # on the device: one 64-bit seed from the host stream (so seeding and checkpoints
             # still govern it), the mask drawn by a kernel; no host draws, no transfer
             seed = self.rng.integers(0, 2**64, dtype=np.uint64)
             self.mask = xp.empty(x.shape, dtype=x.dtype)
             y = xp.empty(x.shape, dtype=x.dtype)
-            _gpu_dropout_kernel()(x, seed, self.p, x.dtype.type(1.0 / (1.0 - self.p)), self.mask, y)
+            _gpu_dropout_kernel()(x, seed, self.p, scale, self.mask, y)
             return y
-        keep = xp.asarray(self.rng.random(x.shape) >= self.p)
-        self.mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        # a shared (locked) mask is small: drawn on the host on either backend
+        keep = xp.asarray(self.rng.random(shape) >= self.p)
+        self.mask = keep.astype(x.dtype) * scale
         return x * self.mask
 
     def backward(self, gy: Any) -> Any:
-        return gy * self.mask
+        return gy * self.mask  # a shared mask broadcasts back over the axes it spans
 
 
 @cache
