@@ -33,7 +33,7 @@ Why the NumPy gate math looks the way it does (measured on a 2-core x86 CPU, flo
 is the one transcendental worth calling (about 2.2 ns an element; tanh 3.6; on other CPUs the two
 are closer, see docs/bench_cpu.md), and an op on a gate's (B, H) column block of a (B, G*H) row
 costs two to three times an op on the contiguous whole.  So every sigmoid AND the candidate's tanh
-of a step come from ONE pass of the framework's sigmoid (``tinygraph.ops._util.sigmoid``, one exp)
+of a step come from ONE pass of the framework's sigmoid (``tinygraph.ops.sigmoid``, one exp)
 over the whole gate block, with tanh(x) = 2 sigmoid(2x) - 1.  Pre-activations are always held as
 they are (one sign convention on both backends).  Backward multiplies whole blocks --
 the gates' local derivatives and what each gate's output is multiplied with -- instead of three
@@ -52,8 +52,7 @@ from models import numba_kernels
 from tinygraph.backend import get_array_module
 from tinygraph.errors import TinygraphError
 from tinygraph.op import Op
-from tinygraph.ops import workspace
-from tinygraph.ops._util import sigmoid
+from tinygraph.ops import sigmoid, workspace
 
 
 def _cuda() -> Any:
@@ -101,13 +100,16 @@ class Sequence:
     ``hs[1:]`` is the input projection's own array, written over step by step).
     """
 
-    def __init__(self, xproj: Any, h0: Any, hidden: int, gates: int, cell_state: Any = None):
+    def __init__(self, xproj: Any, h0: Any, hidden: int, gates: int, cell: str, cell_state: Any = None):
         xp = get_array_module(xproj)
         steps, batch, width = xproj.shape
         dtype = xproj.dtype
         self.xp, self.steps, self.batch, self.hidden, self.dtype = xp, steps, batch, hidden, dtype
         self.gpu = xp is not np
-        self.math = _GATE_MATHS[_gate_math]  # the CPU gate math: NumPy's or numba's
+        # the CPU gate math of this cell, NumPy's or numba's, looked up once here rather than per step
+        math = _GATE_MATHS[_gate_math]
+        self.gate_forward = getattr(math, f"{cell}_pointwise_forward")
+        self.gate_backward = getattr(math, f"{cell}_pointwise_backward")
         self.xproj = xproj
         self.h0 = h0
         if gates == 1:  # RNN: h_t is written over x_t
@@ -189,7 +191,8 @@ class Sequence:
 
 
 class Step(Op):
-    """Step t of a sequence; subclasses set ``name``, the inputs they take and the math.
+    """Step t of a sequence; subclasses set ``name``, ``cell`` (which names their gate functions and
+    CUDA kernels), the inputs they take and the math.
 
     ``apply`` is the one signature the time loop calls for every cell: (x, h, c, w_hh, b_hh) ->
     (h, c), with c None for cells without a cell state; each step op takes only what it uses.
@@ -202,7 +205,7 @@ class Step(Op):
     def sequence(cls, xproj: Any, h0: Any, c0: Any, hidden: int) -> Sequence:
         """The buffers one layer call's steps share (raw arrays: x W_ih^T + b (T, B, G*H), h0, c0)."""
         gates = xproj.shape[-1] // hidden
-        return Sequence(xproj, h0, hidden, gates, c0)
+        return Sequence(xproj, h0, hidden, gates, cls.cell, c0)
 
     @classmethod
     def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
@@ -217,6 +220,7 @@ class Step(Op):
 
 class RNNStep(Step):
     name = "rnn_step"
+    cell = "rnn"
 
     @classmethod
     def apply(cls, seq: Sequence, t: int, x: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
@@ -230,7 +234,7 @@ class RNNStep(Step):
             h += s.work
             s.xp.tanh(h, out=h)
         else:
-            s.math.rnn_pointwise_forward(h, s.work)
+            s.gate_forward(h, s.work)
         self.w_hh = w_hh
         return h
 
@@ -243,7 +247,7 @@ class RNNStep(Step):
             s.xp.subtract(1.0, da, out=da)
             da *= gh
         else:
-            s.math.rnn_pointwise_backward(h, gh, da)
+            s.gate_backward(h, gh, da)
         dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
         if t:
             return None, dh_prev, None
@@ -307,7 +311,7 @@ def lstm_pointwise_backward(
 
 
 class LSTMStep(Step):
-    """One LSTM step; CIFG reuses it with its own gate math (``cell`` names the gate functions and CUDA kernels)."""
+    """One LSTM step; CIFG reuses it with its own gate math (its ``cell``)."""
 
     name = "lstm_step"
     cell = "lstm"
@@ -325,7 +329,7 @@ class LSTMStep(Step):
         else:
             np.matmul(h_prev, s.recurrent_weight(w_hh, t), out=s.work)
             a += s.work  # a held x_t: now x_t + h_prev W_hh^T
-            getattr(s.math, f"{self.cell}_pointwise_forward")(a, c_prev, c, tc, h)
+            s.gate_forward(a, c_prev, c, tc, h)
         self.w_hh = w_hh
         return h, c
 
@@ -335,8 +339,7 @@ class LSTMStep(Step):
         if s.gpu:
             dc_prev = getattr(_cuda(), f"{self.cell}_backward")(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da)
         else:
-            backward = getattr(s.math, f"{self.cell}_pointwise_backward")
-            dc_prev = backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
+            dc_prev = s.gate_backward(s.acts[t], s.cs[t], s.tcs[t], gh, gc, da, s.backward_scratch())
         dh_prev = da @ self.w_hh if self.needs_input_grad[1] else None
         if t:
             return None, dh_prev, dc_prev, None
@@ -402,7 +405,7 @@ class GRUSequence(Sequence):
     """
 
     def __init__(self, xproj: Any, h0: Any, hidden: int):
-        super().__init__(xproj, h0, hidden, 3)
+        super().__init__(xproj, h0, hidden, 3, "gru")
         shape = (self.steps, self.batch, hidden if not self.gpu else 3 * hidden)
         self.rec = workspace.empty(shape, self.dtype, self.xp)
         self.d_rec: Any = None
@@ -482,6 +485,7 @@ def gru_pointwise_backward(a: Any, rec: Any, h_prev: Any, gh: Any, dx: Any, drec
 
 class GRUStep(Step):
     name = "gru_step"
+    cell = "gru"
     seq: GRUSequence
 
     @classmethod
@@ -504,7 +508,7 @@ class GRUStep(Step):
             rec = s.work
             np.matmul(h_prev, s.recurrent_weight(w_hh, t), out=rec)
             rec += b_hh
-            s.math.gru_pointwise_forward(a, rec, a, h_prev, h)  # a held x_t
+            s.gate_forward(a, rec, a, h_prev, h)  # a held x_t
             np.copyto(s.rec[t], rec[:, 2 * s.hidden :])
         self.w_hh = w_hh
         return h
@@ -518,7 +522,7 @@ class GRUStep(Step):
         else:
             drec = s.backward_scratch()[0]
             d_an = s.rec_grad_buffer(t, self.may_overwrite_saved)  # over A_n, read just now, if allowed
-            dh_direct = s.math.gru_pointwise_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
+            dh_direct = s.gate_backward(s.acts[t], s.rec[t], s.hs[t], gh, dx, drec)
             np.copyto(d_an, drec[:, 2 * s.hidden :])
         dh_prev = None
         if self.needs_input_grad[1]:

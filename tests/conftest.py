@@ -32,9 +32,14 @@ def gpu_unavailable_reason() -> str | None:
     return None
 
 
+def switched_on(variable: str) -> bool:
+    """True when an environment switch such as TINYGRAPH_REQUIRE_GPU is set (anything but '', 0, false, no)."""
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def gpu_required() -> bool:
-    """True when TINYGRAPH_REQUIRE_GPU asks for the GPU tests to run (anything but '', 0, false, no)."""
-    return os.environ.get(REQUIRE_GPU, "").strip().lower() not in ("", "0", "false", "no")
+    """True when TINYGRAPH_REQUIRE_GPU asks for the GPU tests to run."""
+    return switched_on(REQUIRE_GPU)
 
 
 def skip_without_gpu() -> None:
@@ -102,7 +107,7 @@ def gate_math(request: pytest.FixtureRequest) -> Iterator[str]:
     whose ``make`` installs numba) that is a failure instead.
     """
     if request.param not in cells.gate_maths():
-        if os.environ.get("TINYGRAPH_REQUIRE_NUMBA", "") not in ("", "0"):
+        if switched_on("TINYGRAPH_REQUIRE_NUMBA"):
             pytest.fail("numba is required here (TINYGRAPH_REQUIRE_NUMBA) but cannot be imported")
         pytest.skip("numba is not installed: the compiled gate math is not tested here")
     previous = cells.get_gate_math()

@@ -252,11 +252,13 @@ def run_backward(root: Tensor, grad: Any, keep_graph: bool = False) -> None:
             gxs = (gxs,)
         if len(gxs) != len(node.inputs):
             raise RuntimeError(f"{node.name}.backward returned {len(gxs)} gradients for {len(node.inputs)} inputs")
-        sent: list[Any] = [None] * len(gxs)
+        sent: list[Any] | None = [None] * len(gxs) if keep_graph else None  # the record, only for a kept graph
         for slot_index, (x, raw) in enumerate(zip(node.inputs, gxs)):
             if raw is None or not x.requires_grad:
                 continue
-            gx = sent[slot_index] = _fit_grad(node, slot_index, x, raw)
+            gx = _fit_grad(node, slot_index, x, raw)
+            if sent is not None:
+                sent[slot_index] = gx
             c = x.creator
             if c is None:
                 _to_leaf(x, gx)

@@ -191,7 +191,7 @@ def _leaf_title(x: Tensor) -> str:
     return "leaf" if x.requires_grad else "input"
 
 
-def _group_keys(nodes: list[Node], level: str) -> list[tuple[str, int]]:
+def group_keys(nodes: list[Node], level: str) -> list[tuple[str, int]]:
     """The box of each node: its own, or at cell level one per run of nodes of one cell's step."""
     keys = []
     run, previous = -1, None
@@ -218,7 +218,7 @@ class _Builder:
         self.nodes = self.graph.nodes
         self.index = {id(n): i for i, n in enumerate(self.nodes)}
         self.per_edge = edge_gradients(self.nodes)
-        self.keys = _group_keys(self.nodes, level)
+        self.keys = group_keys(self.nodes, level)
         self.members: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, k in enumerate(self.keys):
             self.members[k].append(i)

@@ -34,7 +34,7 @@ import numpy as np
 from tinygraph.backend import to_numpy
 from tinygraph.graph import Graph
 from tinygraph.tensor import Tensor
-from viz.bptt_graph import _group_keys, build_drawing, dot_to_svg, drawing_to_dot, fmt_norm
+from viz.bptt_graph import build_drawing, dot_to_svg, drawing_to_dot, fmt_norm, group_keys
 from viz.gradflow import geometric_rate
 
 ASSETS = Path(__file__).resolve().parent
@@ -267,7 +267,7 @@ def box_details(loss: Tensor, drawing: Any) -> dict[str, dict[str, Any]]:
     """
     nodes = Graph.of(loss).nodes
     members: dict[str, list[Any]] = {}
-    for node, key in zip(nodes, _group_keys(nodes, drawing.level)):
+    for node, key in zip(nodes, group_keys(nodes, drawing.level)):
         members.setdefault(f"{'n' if key[0] == 'n' else 'c'}{key[1]}", []).append(node)
     kinds = {"param": "parameter (a leaf)", "input": "input (a leaf without gradient)", "stub": "stub"}
     details = {}
