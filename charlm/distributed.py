@@ -63,6 +63,7 @@ EXIT_FAILED = 1
 TIMEOUT_ENV = "TINYGRAPH_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch.distributed's default collective timeout
 PIDS_ENV = "TINYGRAPH_DIST_PIDS"  # a directory where each rank leaves "rank-R" holding "PID HOST"
+ABORT_GRACE_S = 0.5  # see Comm.abort
 PROGRESS_ENV = "TINYGRAPH_PROGRESS"  # "1": rank 0 shows its progress bar although stderr is no terminal
 NCCL_MISSING = "NCCL all-reduce is not available in this build: data-parallel training runs on the CPU (--device cpu)"
 # What launchers set in every process they start: MPICH and Intel MPI (hydra) and Slurm's PMI-2,
@@ -237,6 +238,9 @@ class Comm:
         """Stop every rank of the job (the launcher kills them); does not return."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPICH's launcher relays a rank's output asynchronously and MPI_Abort has it kill the job at
+        # once: give it a moment to pass on the line just written (seen lost once in ~10 runs)
+        time.sleep(ABORT_GRACE_S)
         self.world.Abort(code)
 
 
