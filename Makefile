@@ -34,7 +34,7 @@ help:
 	@echo "make docs      run every example of docs/tutorial.md at full size; its pictures go to docs/tutorial/"
 	@echo "make report    write runs/default/report.html (training writes it too, at every evaluation)"
 	@echo "make bench     time training steps against PyTorch (installs torch into .venv)"
-	@echo "make quality   tinygraph vs torch nn.LSTM, validation loss against wall-clock (ARGS=\"--minutes 4 --corpus FILE\")"
+	@echo "make quality   tinygraph vs torch nn.LSTM, validation loss against wall-clock (ARGS=\"--minutes 5,10,30 --corpus FILE\")"
 	@echo "make oracle    install torch 2.13.0 into .venv (the PyTorch comparison tests stop skipping)"
 	@echo "make lint      ruff check and ruff format --check"
 	@echo "make clean     remove .venv and caches (keeps runs/ and data/)"

@@ -1,13 +1,17 @@
-"""The quality benchmark: validation loss against wall-clock, tinygraph's config and torch's nn.LSTM of its size.
+"""The quality benchmark: validation loss against wall-clock, tinygraph's config and torch's nn.LSTM recipe.
 
-Both train on the same corpus, split and batches (``charlm.corpus``) for the same wall-clock
-budget, one after the other, with the same CPU threads (NumPy's BLAS and ``torch.set_num_threads``),
-and are scored on the same validation windows.  tinygraph trains with the config's whole recipe
-(its regularisers and schedule, the schedule told the budget); torch with the plain one (Adam at
-the config's rate, the clip, ``dropout`` between layers, no schedule).  Writes to ``out``:
-``quality.jsonl`` (one line per evaluation: side, seconds, minutes, step, val_loss),
-``quality.svg`` (validation loss against minutes, both curves) and ``quality.txt`` (the table).
-torch is imported only when installed; without it the torch side is skipped, with a note.
+Both train on the same corpus and split (``charlm.corpus``), with the same CPU threads (NumPy's BLAS
+and ``torch.set_num_threads``), one after the other, for one or more wall-clock budgets, and are
+scored on the validation split as the trainer scores it.  tinygraph trains its config once per
+budget, with the config's whole recipe (its schedule told the budget, so ``cosine_budget`` ends
+with it); torch trains its recipe (by default the config's size, Adam at its rate, its clip,
+``dropout`` between layers, no schedule) once, for the longest budget, scored also the moment each
+shorter budget runs out: without a schedule a shorter run is the first minutes of the longest.
+A torch curve recorded earlier can be read instead of trained again (``torch_log``).  Writes to
+``out``: ``quality.jsonl`` (one line per evaluation: side, budget, seconds, minutes, step,
+val_loss, threads), ``quality.txt`` (the table: both sides at each budget) and ``quality.svg``
+(validation loss against minutes, one curve per run).  torch is imported only when installed;
+without it the torch side is skipped, with a note.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +40,23 @@ SIDES = ("tinygraph", "torch")
 
 @dataclass
 class QualityReport:
-    """What the run found: the evaluations of each side, the files written, and notes."""
+    """What the run found: the budgets, the evaluations of each side, the files written, and notes."""
 
+    budgets: list[float] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def parse_minutes(text: str) -> list[float]:
+    """``"5,10,30"`` -> ``[5.0, 10.0, 30.0]``: the budgets, sorted, each a positive number of minutes."""
+    try:
+        budgets = sorted({float(part) for part in text.split(",")})
+    except ValueError:
+        raise BenchError(f"--minutes takes numbers separated by commas (5,10,30), got {text!r}") from None
+    if not all(0 < m < math.inf for m in budgets):
+        raise BenchError(f"--minutes must each be > 0, got {text!r}")
+    return budgets
 
 
 def model_size(config: cfg.Config) -> dict[str, Any]:
@@ -95,101 +111,161 @@ def run_quality(
     config: cfg.Config,
     corpus: str | os.PathLike,
     out: str | os.PathLike,
-    minutes: float,
+    minutes: Sequence[float],
     *,
+    torch_config: cfg.Config | None = None,
+    torch_log: str | os.PathLike | None = None,
     sides: tuple[str, ...] = SIDES,
     progress: Callable[[str], None] = lambda _: None,
 ) -> QualityReport:
-    """Train each side for ``minutes`` of wall-clock, one after the other; write the log, table and plot."""
+    """Train each side for the ``minutes`` budgets, one run after the other; write the log, table and plot.
+
+    ``torch_config`` is torch's recipe (default: ``config``'s size and rate); ``torch_log`` a
+    ``quality.jsonl`` whose torch run (at least as long as the longest budget) is read instead of
+    training torch (whatever ``sides`` says).
+    """
     corpus, out = Path(corpus), Path(out)
+    budgets = sorted(set(minutes))
     if not corpus.is_file():
         raise BenchError(f"--corpus {corpus}: no such file")
-    if not minutes > 0:
-        raise BenchError(f"--minutes must be > 0, got {minutes}")
-    if config["train"]["device"] != "cpu":
-        raise BenchError('bench --quality runs on the CPU (train.device = "cpu")')
-    size = model_size(config)
+    if not budgets or not all(m > 0 for m in budgets):
+        raise BenchError(f"--minutes must each be > 0, got {list(minutes)}")
+    torch_config = config if torch_config is None else torch_config
+    for c in (config, torch_config):
+        if c["train"]["device"] != "cpu":
+            raise BenchError('bench --quality runs on the CPU (train.device = "cpu")')
+    model_size(config)
+    torch_size = model_size(torch_config)
+    earlier = read_torch_log(Path(torch_log), budgets[-1]) if torch_log is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    report = QualityReport()
-    seconds = minutes * 60.0
+    report = QualityReport(budgets=budgets)
     threads = blas_threads()
     log = out / "quality.jsonl"
     log.write_text("")
 
-    def record(side: str) -> Callable[[Record], None]:
-        def add(r: Record) -> None:
-            r = {"side": side, **r, "minutes": r["seconds"] / 60.0, "threads": threads}
-            report.records.append(r)
-            with log.open("a") as f:
-                f.write(json.dumps(r) + "\n")
-            progress(f"{side}: step {r['step']}, {r['minutes']:.2f} min, val {r['val_loss']:.4f}")
+    def add(r: Record) -> None:
+        report.records.append(r)
+        with log.open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        run = f"{r['side']} ({r['budget']:g} min)"
+        progress(f"{run}: step {r['step']}, {r['minutes']:.2f} min, val {r['val_loss']:.4f}")
 
-        return add
+    def record(side: str, budget: float) -> Callable[[Record], None]:
+        return lambda r: add({"side": side, "budget": budget, **r, "minutes": r["seconds"] / 60.0, "threads": threads})
 
     if "tinygraph" in sides:
-        progress(f"tinygraph: {minutes:g} min, {threads} BLAS threads")
-        run_tinygraph(config, corpus, out / "tinygraph", seconds, record("tinygraph"))
-    if "torch" in sides:
+        for m in budgets:
+            progress(f"tinygraph: {m:g} min, {threads} BLAS threads")
+            run_tinygraph(config, corpus, out / f"tinygraph-{m:g}min", m * 60.0, record("tinygraph", m))
+    if earlier is not None:
+        for r in earlier:
+            add(r)
+        if {r["threads"] for r in earlier} != {threads}:
+            report.notes.append(f"torch's curve from {torch_log} ran with other threads than this run's {threads}")
+    elif "torch" in sides:
         if torch_version() is None:
             report.notes.append("torch is not installed: the torch side was skipped")
         else:
             from bench import torch_quality
 
-            progress(f"torch: {minutes:g} min, {threads} threads")
-            torch_quality.train_for(_data(config, corpus), size, config["train"], seconds, threads, record("torch"))
-    table = format_table(report, minutes)
+            scored = ", ".join(f"{m:g}" for m in budgets)
+            progress(f"torch: {budgets[-1]:g} min (scored at {scored}), {threads} threads")
+            torch_quality.train_for(
+                _data(torch_config, corpus),
+                torch_size,
+                torch_config["train"],
+                budgets[-1] * 60.0,
+                threads,
+                record("torch", budgets[-1]),
+                marks=budgets[:-1],
+            )
     with atomic_write(out / "quality.txt") as f:
-        f.write(table.encode())
-    report.files = [log, out / "quality.txt", plot(report.records, out / "quality.svg", minutes)]
+        f.write(format_table(report).encode())
+    report.files = [log, out / "quality.txt", plot(report.records, out / "quality.svg")]
     return report
 
 
-def summary(records: list[Record], side: str) -> dict[str, Any] | None:
-    """Steps, final and best validation loss of one side; None if it did not run."""
-    rows = [r for r in records if r["side"] == side]
-    if not rows:
+def read_torch_log(path: Path, longest: float) -> list[Record]:
+    """The torch run of an earlier ``quality.jsonl`` that lasted at least ``longest`` minutes."""
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchError(f"--torch-log {path}: not a quality.jsonl ({e})") from None
+    keys = {"side", "budget", "step", "seconds", "minutes", "val_loss", "threads"}
+    runs = [r for r in rows if isinstance(r, dict) and r.keys() >= keys and r["side"] == "torch"]
+    budgets = sorted({r["budget"] for r in runs if r["budget"] >= longest})
+    if not budgets:
+        raise BenchError(f"--torch-log {path}: no torch run of {longest:g} minutes or more in it")
+    return [r for r in runs if r["budget"] == budgets[0]]
+
+
+def at_budget(records: list[Record], side: str, minutes: float) -> dict[str, Any] | None:
+    """One side at ``minutes`` of wall-clock: steps, validation loss then, and the best loss until then.
+
+    From the side's run of that budget if there is one; otherwise from a longer run (the shortest):
+    its evaluation made when ``minutes`` ran out, or its last one before then.  None if neither ran.
+    """
+    runs = sorted({r["budget"] for r in records if r["side"] == side and r["budget"] >= minutes})
+    if not runs:
         return None
+    rows = [r for r in records if r["side"] == side and r["budget"] == runs[0]]
+    if runs[0] != minutes:
+        marked = [i for i, r in enumerate(rows) if r.get("mark") == minutes]
+        before = [i for i, r in enumerate(rows) if r["minutes"] <= minutes]
+        last = (marked or before or [-1])[-1]
+        if last < 0:
+            return None
+        rows = rows[: last + 1]
     vals = [r["val_loss"] for r in rows if math.isfinite(r["val_loss"])]
-    return {"steps": rows[-1]["step"], "minutes": rows[-1]["minutes"], "final": rows[-1]["val_loss"], "best": min(vals)}
+    return {
+        "steps": rows[-1]["step"],
+        "minutes": rows[-1]["minutes"],
+        "val": rows[-1]["val_loss"],
+        "best": min(vals) if vals else math.nan,
+    }
 
 
-def _sides(records: list[Record]) -> list[str]:
-    """The sides of ``records`` in the order they first appear (a log may merge several runs)."""
-    return list(dict.fromkeys(r["side"] for r in records))
-
-
-def format_table(report: QualityReport, minutes: float) -> str:
-    """The plain-text table: one row per side."""
+def format_table(report: QualityReport) -> str:
+    """The plain-text table: both sides at each budget, and tinygraph's lead over torch's best until then."""
     lines = [
-        f"validation loss (nats/char) after {minutes:g} min of wall-clock each",
-        f"{'side':<24} {'steps':>8} {'minutes':>8} {'final':>8} {'best':>8}",
+        "validation loss (nats/char) at each budget of wall-clock; torch: its loss then, and its best until then",
+        f"{'budget':>7} {'tinygraph steps':>16} {'val':>8} {'torch steps':>12} {'val':>8} {'best':>8} {'lead':>8}",
     ]
-    for side in _sides(report.records):
-        s = summary(report.records, side)
-        if s is not None:
-            lines.append(f"{side:<24} {s['steps']:>8} {s['minutes']:>8.2f} {s['final']:>8.4f} {s['best']:>8.4f}")
+    for m in report.budgets:
+        tg_at, torch_at = at_budget(report.records, "tinygraph", m), at_budget(report.records, "torch", m)
+        tg_cells = [f"{tg_at['steps']:>16}", f"{tg_at['val']:>8.4f}"] if tg_at else [f"{'-':>16}", f"{'-':>8}"]
+        torch_cells = (
+            [f"{torch_at['steps']:>12}", f"{torch_at['val']:>8.4f}", f"{torch_at['best']:>8.4f}"]
+            if torch_at
+            else [f"{'-':>12}", f"{'-':>8}", f"{'-':>8}"]
+        )
+        lead = f"{torch_at['best'] - tg_at['val']:>+8.4f}" if tg_at and torch_at else f"{'-':>8}"
+        lines.append(" ".join([f"{m:>5g} m", *tg_cells, *torch_cells, lead]))
+    lines.append("lead: torch's best until the budget minus tinygraph's loss at it (> 0: tinygraph lower)")
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[Record], path: Path, minutes: float) -> Path:
-    """Validation loss against minutes, one curve per side, as SVG."""
+def plot(records: list[Record], path: Path) -> Path:
+    """Validation loss against minutes, one curve per run (side and budget), as SVG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for side in _sides(records):
-        rows = [r for r in records if r["side"] == side and math.isfinite(r["val_loss"])]
+    runs = list(dict.fromkeys((r["side"], r["budget"]) for r in records))
+    for side, budget in runs:
+        rows = [r for r in records if (r["side"], r["budget"]) == (side, budget) and math.isfinite(r["val_loss"])]
         if rows:
-            ax.plot([r["minutes"] for r in rows], [r["val_loss"] for r in rows], "o-", markersize=3, label=side)
+            label = f"{side}, {budget:g} min" + (" (no schedule: scored at each budget)" if side == "torch" else "")
+            ax.plot([r["minutes"] for r in rows], [r["val_loss"] for r in rows], "o-", markersize=2, label=label)
     ax.set_xlabel("wall-clock (minutes)")
     ax.set_ylabel("validation loss (nats/char)")
-    ax.set_title(f"validation loss against wall-clock, {minutes:g} min each")
+    ax.set_title("validation loss against wall-clock")
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format="svg")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,8 +73,13 @@ def train_for(
     seconds: float,
     threads: int,
     on_eval: Callable[[Record], None],
+    marks: Sequence[float] = (),
 ) -> None:
-    """Train for ``seconds`` of wall-clock, evaluating every ``train.eval_interval`` steps and at the end."""
+    """Train for ``seconds`` of wall-clock, evaluating every ``train.eval_interval`` steps and at the end.
+
+    Also evaluated the moment each of the ``marks`` (minutes) runs out; that record says ``mark``:
+    the run's loss at a shorter budget (the recipe has no schedule to tell the budget).
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(train["seed"])
     model = TorchLM(len(data.vocab), size["emb"], size["cell"], size["hidden"], size["layers"], size["dropout"])
@@ -82,6 +87,7 @@ def train_for(
     opt = torch.optim.Adam(params, lr=train["learning_rate"])
     vocab = len(data.vocab)
     state: Any = None
+    pending = sorted(m for m in marks if m * 60.0 < seconds)
     step, start = 0, time.perf_counter()
     while True:
         batch = data.batcher.next()
@@ -96,9 +102,15 @@ def train_for(
             nn.utils.clip_grad_norm_(params, train["clip"])
         opt.step()
         step += 1
-        over = time.perf_counter() - start >= seconds
-        if step % train["eval_interval"] == 0 or over:
+        elapsed = time.perf_counter() - start
+        over = elapsed >= seconds
+        crossed = [m for m in pending if elapsed >= m * 60.0]
+        if step % train["eval_interval"] == 0 or over or crossed:
             val = evaluate(model, data, train["eval_batches"])
-            on_eval({"step": step, "seconds": time.perf_counter() - start, "val_loss": val})
+            r: Record = {"step": step, "seconds": time.perf_counter() - start, "val_loss": val}
+            if crossed and not over:
+                r["mark"] = crossed[-1]
+                pending = pending[len(crossed) :]
+            on_eval(r)
             if over or not math.isfinite(val):
                 return

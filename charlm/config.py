@@ -61,8 +61,8 @@ def _one_of(*choices: str) -> Any:
 
 # The default model: the one `make train` trains (configs/default.toml repeats it for reading).
 DEFAULT_LAYERS: list[dict[str, Any]] = [
-    {"type": "Embedding", "dim": 48},
-    {"type": "LSTM", "hidden_size": 192, "num_layers": 2, "dropout": 0.0},
+    {"type": "Embedding", "dim": 64},
+    {"type": "LSTM", "hidden_size": 256, "num_layers": 2, "dropout": 0.0},
     {"type": "Dense", "size": "vocab"},
 ]
 
@@ -72,10 +72,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fused": Key(bool, True, help="fused cell ops (fast) or cells composed of primitive ops"),
     },
     "train": {
-        "steps": Key(int, 3000, _positive, "an integer > 0", "total optimizer steps (a resumed run stops there too)"),
-        "seq_len": Key(int, 64, _positive, "an integer > 0", "T: characters per window (the BPTT truncation)"),
+        "steps": Key(int, 2000, _positive, "an integer > 0", "total optimizer steps (a resumed run stops there too)"),
+        "seq_len": Key(int, 100, _positive, "an integer > 0", "T: characters per window (the BPTT truncation)"),
         "batch_size": Key(int, 32, _positive, "an integer > 0", "B: windows per batch (streams)"),
-        "learning_rate": Key(float, 2e-3, _positive, "a number > 0"),
+        "learning_rate": Key(float, 3e-3, _positive, "a number > 0"),
         "optimizer": Key(
             str, "adam", _one_of("sgd", "adagrad", "rmsprop", "adam", "adamw"), "sgd|adagrad|rmsprop|adam|adamw"
         ),
@@ -99,15 +99,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "schedule": Key(
             str,
-            "plateau",
+            "cosine_budget",
             _one_of("plateau", "cosine", "cosine_budget", "none"),
             "plateau|cosine|cosine_budget|none",
             "cosine_budget: cosine to min_lr at the run's end, time_budget or steps, whichever comes first",
         ),
         "patience": Key(int, 3, _non_negative, "an integer >= 0", "plateau: evaluations without improvement"),
         "lr_factor": Key(float, 0.5, lambda v: 0 < v < 1, "a number in (0, 1)", "plateau: multiplier on a plateau"),
-        "min_lr": Key(float, 0.0, _non_negative, "a number >= 0", "floor of the learning rate"),
-        "warmup_steps": Key(int, 0, _non_negative, "an integer >= 0", "cosine, cosine_budget: linear warm-up steps"),
+        "min_lr": Key(float, 1e-4, _non_negative, "a number >= 0", "floor of the learning rate"),
+        "warmup_steps": Key(int, 100, _non_negative, "an integer >= 0", "cosine, cosine_budget: linear warm-up steps"),
         "eval_interval": Key(int, 100, _positive, "an integer > 0", "steps between evaluations and checkpoints"),
         "eval_batches": Key(int, 20, _non_negative, "an integer >= 0", "validation windows per evaluation; 0 = all"),
         "sample_interval": Key(int, 0, _non_negative, "an integer >= 0", "steps between samples; 0 = each evaluation"),

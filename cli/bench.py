@@ -3,8 +3,8 @@
 This module only reads the options, sets the device once and prints the report; a request the
 benchmark cannot run raises :class:`bench.BenchError`, which ``cli.main`` prints as one line (exit 2).
 ``--nproc N`` times data-parallel training instead: N ranks against one process (``bench.scaling``).
-``--quality --minutes M`` trains the config and torch's nn.LSTM of its size for M minutes each and
-compares their validation loss against wall-clock (``bench.quality``).
+``--quality --minutes 5,10,30`` trains the config and torch's nn.LSTM for those budgets and compares
+their validation loss against wall-clock (``bench.quality``).
 """
 
 from __future__ import annotations
@@ -62,14 +62,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quality",
         action="store_true",
-        help="compare learning instead: the config and torch's nn.LSTM of its size, trained for --minutes each "
-        "on --corpus; writes OUT/quality.jsonl, quality.txt and quality.svg",
+        help="compare learning instead: the config and torch's nn.LSTM, trained for the --minutes budgets on "
+        "--corpus; writes OUT/quality.jsonl, quality.txt and quality.svg",
     )
     parser.add_argument(
-        "--minutes", type=float, default=4.0, help="--quality: wall-clock per side (default %(default)s)"
+        "--minutes",
+        default="4",
+        metavar="M[,M...]",
+        help="--quality: wall-clock budgets, e.g. 5,10,30; tinygraph trains once per budget, torch once for the "
+        "longest, scored at each (default %(default)s)",
     )
-    parser.add_argument("--config", default=None, help="--quality: the TOML config (default: the defaults)")
+    parser.add_argument("--config", default=None, help="--quality: tinygraph's TOML config (default: the defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="--quality: a key")
+    parser.add_argument(
+        "--torch-config",
+        default=None,
+        metavar="FILE",
+        help="--quality: torch's recipe as a TOML config (size, batches, rate, clip; default: tinygraph's; "
+        "configs/torch_peer.toml is the published one)",
+    )
+    parser.add_argument(
+        "--torch-log",
+        default=None,
+        metavar="FILE",
+        help="--quality: read torch's curve from an earlier run's quality.jsonl instead of training torch",
+    )
+    parser.add_argument("--only", choices=("tinygraph", "torch"), default=None, help="--quality: run one side only")
     parser.add_argument("--out", default="runs/quality", help="--quality: the directory written (default %(default)s)")
     parser.add_argument("--gemm-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pause", type=float, default=bench.PAUSE_S, help=argparse.SUPPRESS)  # tests: 0
@@ -142,9 +160,20 @@ def _quality(args: argparse.Namespace) -> int:
     corpus = Path(args.corpus) if args.corpus else DEFAULT_CORPUS
     if not corpus.is_file():
         raise bench.BenchError(f"--quality needs a text: --corpus FILE ({corpus} is not there)")
+    minutes = quality.parse_minutes(args.minutes)
     config = cfg.resolve(args.config, args.set)
-    report = quality.run_quality(config, corpus, Path(args.out), args.minutes, progress=_progress)
-    print(quality.format_table(report, args.minutes), end="")
+    torch_config = cfg.resolve(args.torch_config) if args.torch_config is not None else None
+    report = quality.run_quality(
+        config,
+        corpus,
+        Path(args.out),
+        minutes,
+        torch_config=torch_config,
+        torch_log=args.torch_log,
+        sides=quality.SIDES if args.only is None else (args.only,),
+        progress=_progress,
+    )
+    print(quality.format_table(report), end="")
     print("wrote " + ", ".join(str(p) for p in report.files))
     return 0
 

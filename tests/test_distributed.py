@@ -50,6 +50,9 @@ SETTINGS = [
     "train.eval_batches=2",
     "train.sample_length=0",
     "train.time_budget=0",
+    'train.schedule="plateau"',  # the rate does not depend on --steps, so a run resumed to more steps is exact
+    "train.warmup_steps=0",
+    "train.min_lr=0",
 ]
 TIMEOUT = 120  # seconds for one mpiexec job
 REQUIRE_MPI = "TINYGRAPH_REQUIRE_MPI"
