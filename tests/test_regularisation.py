@@ -215,7 +215,7 @@ def test_a_regularised_run_resumes_bit_for_bit(tmp_path: Path, capsys: pytest.Ca
     corpus = tmp_path / "text.txt"
     corpus.write_text(TEXT)
     keys = ["train.weight_drop=0.3", "train.locked_dropout=true", "train.output_dropout=0.2"]
-    # (a cosine's rate depends on train.steps, which differs between the two runs: the default plateau)
+    # (a cosine's rate depends on train.steps, which differs between the two runs: tiny.toml's plateau)
     keys += ["train.optimizer=adamw", "train.eval_interval=3", "train.sample_length=0"]
     layers = (
         'model.layers=[{type="Embedding", dim=6}, {type="LSTM", hidden_size=8, num_layers=2}, '
