@@ -274,7 +274,7 @@ def check_consistent(config: Config) -> None:
     if tc["min_lr"] > tc["learning_rate"]:
         raise ConfigError(
             f"train.min_lr ({tc['min_lr']!r}) must not exceed train.learning_rate ({tc['learning_rate']!r}): "
-            "it is the floor the schedule lowers the rate to"
+            "it is the floor the schedule lowers the rate to (--set train.min_lr=0 for a lower rate)"
         )
 
 
