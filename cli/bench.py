@@ -17,6 +17,7 @@ import bench
 import tinygraph as tg
 from cli.options import at_least, writable_file
 from models import cells
+from tinygraph import compiled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gate-math",
         choices=("numba", "numpy"),
         default=None,
-        help="the fused cells' CPU gate math: numba (compiled; the default where installed) or numpy (the reference)",
+        help="the fused cells' CPU gate math and the optimizer's update: numba (compiled; the default where "
+        "installed) or numpy (the reference)",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the timed tinygraph steps; write the top to FILE")
     parser.add_argument(
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return _scaling(args, options)
     if args.gate_math is not None:
         cells.set_gate_math(args.gate_math)  # GateMathError (one line) where numba is missing
+        compiled.set_enabled(args.gate_math == "numba")  # Adam's update and the W_hh transpose alike
     previous_device = tg.get_device()
     tg.set_device(args.device)  # DeviceError (a TinygraphError) when the GPU is asked for but missing
     try:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from models import numba_kernels
+from tinygraph import compiled
 from tinygraph.backend import get_array_module
 from tinygraph.errors import TinygraphError
 from tinygraph.op import Op
@@ -140,7 +141,7 @@ class Sequence:
         w = self._w_t
         if w is None:
             w = self._w_t = self.xp.empty(w_hh.T.shape, dtype=w_hh.dtype)  # a copy even where w_hh.T is C-ordered
-            w[...] = w_hh.T
+            compiled.transpose_into(w, w_hh)
         if t == self.steps - 1:
             self._w_t = None  # backward multiplies by W_hh itself
         return w

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import tinygraph as tg
-from models.layers import Dense, Dropout, Embedding
+from models.layers import Dense, Dropout, Embedding, Lookup
 from models.module import Module
 from models.recurrent import CELLS, Recurrent, detach_state
 from tinygraph import backend
@@ -211,7 +211,10 @@ class CharLM(Module):
             raise ValueError(f"the state has {len(states)} entries, the model has {n_rec} recurrent layers")
         finals = []
         x: Any = ids
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Embedding) and self._projects_table(i, ids):
+                x = Lookup(x, layer.weight)  # the next layer picks the rows of its projected table
+                continue
             if layer is self.layers[-1] and self.output_dropout and self.training:
                 with tg.scope(part="output dropout"):
                     x = tg.dropout(x, self.output_dropout, shared_axes=(0,) if self.locked else ())
@@ -222,6 +225,18 @@ class CharLM(Module):
                 with tg.scope(part=type(layer).__name__.lower()):
                     x = layer(x)
         return x, tuple(finals)
+
+    def _projects_table(self, i: int, ids: Any) -> bool:
+        """Whether the embedding ``layers[i]`` should hand the next layer a Lookup: that layer is a
+        recurrent stack (its first op a linear of the rows), the vocabulary is smaller than the
+        number of ids, and the model is on the CPU (the GPU keeps the separate embedding for now)."""
+        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        weight = self.layers[i].weight
+        return (
+            isinstance(nxt, Recurrent)
+            and weight.shape[0] < np.size(ids)
+            and backend.get_array_module(weight.data) is np
+        )
 
     def forward(self, ids: Any, state: Any = None) -> tuple[tg.Tensor, tuple[Any, ...]]:
         """Batch-first ids (B, T) -> logits (B, T, vocab), final state."""

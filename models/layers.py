@@ -24,6 +24,21 @@ class Embedding(Module):
         return tg.embedding(ids, self.weight)
 
 
+class Lookup:
+    """Ids whose embedding rows are not picked yet: the recurrent layer that reads them projects
+    the table instead (``tg.embedding_linear``), which is less work when the vocabulary is smaller
+    than the number of ids.  Shaped like the embedding's output (..., dim)."""
+
+    def __init__(self, ids: Any, weight: tg.Tensor):
+        self.ids, self.weight = ids, weight
+        self.shape = (*ids.shape, weight.shape[1])
+        self.dtype = weight.dtype
+
+    def project(self, w: tg.Tensor, b: tg.Tensor | None) -> tg.Tensor:
+        """linear(embedding(ids), w, b) as one op."""
+        return tg.embedding_linear(self.ids, self.weight, w, b)
+
+
 class Dense(Module):
     """y = x W^T + b on the last axis of any (..., in) input: (B, T, in) -> (B, T, out) in one GEMM."""
 

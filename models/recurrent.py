@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import tinygraph as tg
 from models import cells, primitive_cells
+from models.layers import Lookup
 from models.module import Module
 from tinygraph import backend, init
 
@@ -96,8 +97,11 @@ class Recurrent(Module):
         out, state = self.unroll(tg.transpose(x, (1, 0, 2)), state)
         return tg.transpose(out, (1, 0, 2)), state
 
-    def unroll(self, x: tg.Tensor, state: State = None) -> tuple[tg.Tensor, State]:
-        """Time-major x (T, B, I) -> outputs (T, B, H) and the final state."""
+    def unroll(self, x: tg.Tensor | Lookup, state: State = None) -> tuple[tg.Tensor, State]:
+        """Time-major x (T, B, I) -> outputs (T, B, H) and the final state.
+
+        x may be a :class:`Lookup` of embedding rows: the first layer then projects the table.
+        """
         h0, c0 = self._initial_state(x, state)
         finals_h, finals_c = [], []
         for k in range(self.num_layers):
@@ -128,11 +132,11 @@ class Recurrent(Module):
             c0 = tg.tensor(parts[1]) if not isinstance(parts[1], tg.Tensor) else parts[1]
         return h0, c0
 
-    def _zeros(self, x: tg.Tensor) -> tg.Tensor:
-        xp = backend.get_array_module(x.data)
+    def _zeros(self, x: Any, like: tg.Tensor) -> tg.Tensor:
+        xp = backend.get_array_module(like.data)
         return tg.Tensor(xp.zeros((x.shape[1], self.hidden_size), dtype=x.dtype))
 
-    def _unroll_layer(self, k: int, x: tg.Tensor, h: Any, c: Any) -> tuple[tg.Tensor, tg.Tensor, Any]:
+    def _unroll_layer(self, k: int, x: tg.Tensor | Lookup, h: Any, c: Any) -> tuple[tg.Tensor, tg.Tensor, Any]:
         """One layer over all steps: (outputs (T, B, H), final h, final c or None)."""
         w_ih, w_hh, b_ih, b_hh = self.weights(k)
         if self.weight_drop and self.training:
@@ -141,13 +145,13 @@ class Recurrent(Module):
             # reaches W_hh is masked alike
             with tg.scope(part="weight drop"):
                 w_hh = tg.dropout(w_hh, self.weight_drop)
-        h = self._zeros(x) if h is None else h
+        h = self._zeros(x, w_hh) if h is None else h
         if self.has_cell_state:
-            c = self._zeros(x) if c is None else c
+            c = self._zeros(x, w_hh) if c is None else c
         # torch adds b_ih and b_hh separately; where both only shift the pre-activation they are summed once
         bias = b_ih if self.separate_recurrent_bias else b_ih + b_hh
         with tg.scope(part="input projection"):
-            xproj = tg.linear(x, w_ih, bias)
+            xproj = x.project(w_ih, bias) if isinstance(x, Lookup) else tg.linear(x, w_ih, bias)
         outputs = (
             self._steps_fused(xproj, h, c, w_hh, b_hh) if self.fused else self._steps_primitive(xproj, h, c, w_hh, b_hh)
         )

@@ -171,6 +171,38 @@ def test_loss_is_the_mean_cross_entropy_of_the_forward_logits(device: str, cell:
     assert all(p.grad is not None and np.abs(host(p.grad)).max() > 0 for p in model.parameters())
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "CIFG", "GRU"])
+def test_the_first_layer_projects_the_embedding_table_with_the_same_numbers(
+    device: str, cell: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU, with fewer characters than ids, the embedding and the first input projection are
+    one embedding_linear node; loss and every gradient equal those of the two separate ops."""
+    x, y = ids(3, 7), ids(3, 7, seed=1)
+    runs = {}
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(models.CharLM, "_projects_table", lambda *_: False)
+        model = lm(cell).astype(np.float64)
+        loss, _ = model.loss(x, y)
+        names = {n.name for n in tg_graph.reachable_nodes(loss)}
+        loss.backward()
+        runs[fuse] = (loss.item(), names, {k: host(p.grad) for k, p in model.named_parameters()})
+    fused_on_this_device = device == "cpu"
+    assert ("embedding_linear" in runs[True][1]) == fused_on_this_device
+    assert ("embedding" in runs[True][1]) != fused_on_this_device
+    assert "embedding_linear" not in runs[False][1]
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-13)
+    for name, g in runs[False][2].items():
+        np.testing.assert_allclose(runs[True][2][name], g, rtol=1e-11, atol=1e-13, err_msg=name)
+
+
+def test_one_id_at_a_time_keeps_the_separate_embedding() -> None:
+    """Sampling feeds one id per step: projecting the whole table for it would be more work."""
+    model = lm("LSTM")
+    loss, _ = model.loss(ids(1, 1), ids(1, 1, seed=1))
+    assert {"embedding", "linear"} <= {n.name for n in tg_graph.reachable_nodes(loss)}
+
+
 def test_forward_carries_its_state_like_one_longer_call(device: str) -> None:
     model = lm("GRU").astype(np.float64)
     x = ids(2, 8)

@@ -642,6 +642,31 @@ def test_embedding_rejects_bad_ids(device: str) -> None:
         tg.embedding(np.array([0.0, 1.0]), w)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("vocab", [5, nn.ONE_HOT_MAX_VOCAB + 3], ids=["one-hot GEMM", "scatter_add"])
+def test_embedding_linear_is_linear_of_embedding(device: str, vocab: int, bias: bool) -> None:
+    ids = np.random.default_rng(88).integers(0, 5, size=(4, 3))  # repeats: rows are summed by id
+    ids[0, 0] = vocab - 1
+    table, w, b = rand(vocab, 3, seed=89), rand(7, 3, seed=90), rand(7, seed=91)
+    args = (table, w, b) if bias else (table, w)
+    assert_close(forward(lambda *t: tg.embedding_linear(ids, *t), *args), table[ids] @ w.T + (b if bias else 0))
+    check(lambda *t: tg.embedding_linear(ids, *t), *args)
+    # the gradients of every input equal those of the two ops it replaces
+    gy = rand(4, 3, 7, seed=92)
+    fused = [tg.tensor(a, requires_grad=True) for a in args]
+    tg.embedding_linear(ids, *fused).backward(gy)
+    plain = [tg.tensor(a, requires_grad=True) for a in args]
+    tg.linear(tg.embedding(ids, plain[0]), *plain[1:]).backward(gy)
+    for f, p in zip(fused, plain):
+        np.testing.assert_allclose(backend.to_numpy(f.grad), backend.to_numpy(p.grad), rtol=1e-12, atol=1e-12)
+
+
+def test_embedding_linear_rejects_bad_ids(device: str) -> None:
+    table, w = tg.tensor(np.zeros((4, 2))), tg.tensor(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="out of range"):
+        tg.embedding_linear(np.array([0, 4]), table, w)
+
+
 def test_dropout_mask_statistics(device: str) -> None:
     p = 0.3
     y = tg.dropout(tg.tensor(np.ones(20_000)), p).numpy()

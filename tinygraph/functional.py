@@ -8,7 +8,7 @@ from typing import Any
 from tinygraph import random as _random
 from tinygraph.ops.elementwise import Add, Div, Exp, Log, Mul, Neg, Pow, Relu, Sigmoid, Sub, Tanh
 from tinygraph.ops.linalg import Linear, MatMul
-from tinygraph.ops.nn import Dropout, Embedding, LogSoftmax, Softmax, SoftmaxCrossEntropy
+from tinygraph.ops.nn import Dropout, Embedding, EmbeddingLinear, LogSoftmax, Softmax, SoftmaxCrossEntropy
 from tinygraph.ops.reduce import Mean, Sum
 from tinygraph.ops.shape import Concat, GetItem, Reshape, Split, Stack, Transpose
 from tinygraph.tensor import Tensor
@@ -126,6 +126,13 @@ def embedding(ids: Any, weight: Like) -> Tensor:
     if isinstance(ids, Tensor):
         ids = ids.data
     return Embedding(ids)(weight)
+
+
+def embedding_linear(ids: Any, weight: Like, w: Like, b: Like = None) -> Tensor:
+    """``linear(embedding(ids, weight), w, b)`` in one op, through the projected table (see EmbeddingLinear)."""
+    if isinstance(ids, Tensor):
+        ids = ids.data
+    return EmbeddingLinear(ids)(weight, w) if b is None else EmbeddingLinear(ids)(weight, w, b)
 
 
 def dropout(x: Like, p: float, training: bool = True, rng: Any = None, shared_axes: tuple[int, ...] = ()) -> Tensor:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tinygraph import backend
+from tinygraph import backend, compiled
 from tinygraph.errors import TinygraphError
 from tinygraph.tensor import Tensor
 
@@ -332,6 +332,11 @@ class Adam(Optimizer):
         self.weight_decay = _check_range("weight_decay", weight_decay)
 
     def _update(self, i: int, p: Any, g: Any) -> None:
+        m, v = self._buffer("m", i, p), self._buffer("v", i, p)
+        step = self.param_steps[i]
+        hyper = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+        if compiled.adam_update(p, g, m, v, **hyper, decoupled=self.decoupled, step=step):
+            return  # one compiled pass; below, the NumPy reference (and CuPy's path)
         xp = backend.get_array_module(p)
         b1, b2 = self.betas
         if self.decoupled:
@@ -339,7 +344,6 @@ class Adam(Optimizer):
                 p *= 1.0 - self.lr * self.weight_decay
         else:
             g = self._with_l2(p, g, self.weight_decay)
-        m, v = self._buffer("m", i, p), self._buffer("v", i, p)
         # m = lerp(m, g, 1 - b1), the form torch uses for small weights
         t = xp.subtract(g, m, out=self._scratch(p, 1))
         t *= 1.0 - b1
@@ -348,7 +352,6 @@ class Adam(Optimizer):
         xp.multiply(g, g, out=t)
         t *= 1.0 - b2
         v += t
-        step = self.param_steps[i]
         bias1, bias2 = 1.0 - b1**step, 1.0 - b2**step
         # p -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps)
         xp.sqrt(v, out=t)
