@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import cases, corpus, cost, probe
+from bench import cases, corpus, cost, gemm_floor, probe
 from cli.main import main
 
 # config T (1 layer, emb 8, hidden 16, batch 2, seq 5) is the benchmark's hidden hook for tests
@@ -207,3 +207,13 @@ def test_each_row_names_the_gate_math_it_ran(
         assert f"\nT      rnn   fused     {choice:<5}" in capsys.readouterr().out
     finally:
         cells.set_gate_math(previous)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "cifg"])
+def test_gemm_floor_times_every_product_of_the_step(cell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parts = gemm_floor.gemm_floor(cell, cases.CONFIGS["T"])
+    assert len(parts) == 8 and all(np.isfinite(s) and s >= 0 for s in parts.values())
+    assert parts["recurrent forward, h_{t-1} W_hh^T (T x layers)"] > 0
+    assert parts["input projections after the first layer"] == 0  # T has one layer
+    assert gemm_floor.main(["--configs", "T", "--cells", cell]) == 0
+    assert f"T {cell}: GEMM floor" in capsys.readouterr().out

@@ -189,6 +189,34 @@ def test_fused_and_primitive_agree(device: str, workspace_pool: bool, cell: str,
         assert np.abs(fused[key]).max() > 1e-3, f"{key} is (almost) zero: the comparison would prove nothing"
 
 
+# hidden sizes whose W_hh (G*H x H) has 32K elements or more: the size at which the fused steps
+# take dL/dh_{t-1} as the transposed product (W_hh^T dA^T)^T on the CPU for B <= 32
+WIDE = {"rnn": 192, "lstm": 96, "cifg": 112, "gru": 112}
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_fused_and_primitive_agree_where_backward_takes_the_transposed_product(
+    device: str, cell: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch, steps, inp, hidden, layers = 3, 4, 5, WIDE[cell], 2
+    taken = []
+    original = models.cells.Sequence.back_through_w_hh
+
+    def spy(self: Any, d: Any, w_hh: Any) -> Any:
+        taken.append(self._transposed_backward(w_hh))
+        return original(self, d, w_hh)
+
+    monkeypatch.setattr(models.cells.Sequence, "back_through_w_hh", spy)
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, steps, inp))
+    state = initial_state(cell, layers, batch, hidden)
+    fused = run(make_layer(cell, inp, hidden, layers, fused=True, scale=0.1), x, state)
+    primitive = run(make_layer(cell, inp, hidden, layers, fused=False, scale=0.1), x, state)
+    # the GRU keeps the plain product (its step adds into dL/dh_{t-1}); the GPU always does
+    assert taken and all(taken) == (device == "cpu" and cell != "gru")
+    for key in fused:
+        np.testing.assert_allclose(fused[key], primitive[key], rtol=1e-11, atol=1e-13, err_msg=key)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_fused_and_primitive_agree_on_a_graph_deeper_than_a_thousand_nodes(workspace_pool: bool, cell: str) -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (2, 300, 3))
