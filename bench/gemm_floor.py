@@ -42,10 +42,11 @@ def gemm_floor(cell: str, cfg: Config, vocab: int = VOCAB) -> dict[str, float]:
 
     b, t, h, layers = cfg.batch, cfg.seq, cfg.hidden, cfg.layers
     g, n = CELLS[cell].gates * h, cfg.batch * cfg.seq
-    h_prev, w_t, w, d_step = rand(b, h), rand(h, g), rand(g, h), rand(b, g)
-    # the cell's own sequence, only for the form of dA_t W_hh its backward takes
+    h_prev, w, d_step = rand(b, h), rand(g, h), rand(b, g)
+    # the cell's own sequence of one step: W_hh^T as its forward makes it, and dA_t W_hh in the form
+    # its backward takes
     seq = CELLS[cell].fused_step.sequence(rand(1, b, g), rand(b, h), None, h)
-    seq._w_t = w_t  # the row-major W_hh^T its forward made
+    w_t = seq.recurrent_weight(w, 0)
     out = np.empty((b, g), np.float32)
     x, w_ih, d_all = rand(n, h), rand(g, h), rand(n, g)
     y = np.empty((n, g), np.float32)

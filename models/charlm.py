@@ -234,8 +234,8 @@ class CharLM(Module):
         weight = self.layers[i].weight
         return (
             isinstance(nxt, Recurrent)
-            and weight.shape[0] < np.size(ids)
             and backend.get_array_module(weight.data) is np
+            and weight.shape[0] < np.size(ids)
         )
 
     def forward(self, ids: Any, state: Any = None) -> tuple[tg.Tensor, tuple[Any, ...]]:

@@ -4,7 +4,7 @@ pass, and a blocked transpose.
 Each has a NumPy reference it must match (``tinygraph.optim.Adam``'s array code, ``out[...] = a.T``)
 and is only an accelerator: ``available`` is False without numba, ``set_enabled(False)`` (or
 ``TINYGRAPH_COMPILED=0``) keeps the NumPy code, and callers fall back to it for anything the loops
-do not take (CuPy arrays, non-contiguous arrays, integer dtypes).
+do not take (CuPy arrays, non-contiguous arrays, dtypes other than float32 and float64).
 
 Why these two (2-core AVX-512 x86, float32): Adam in NumPy is ten passes over every parameter-sized
 array (about 3.2 ms a step for a 0.9 M-parameter model); fused it is one pass that reads p, g, m, v
@@ -50,9 +50,9 @@ def set_enabled(on: bool) -> None:
 
 
 def _takes(*arrays: Any) -> bool:
-    """Whether the compiled loops take these arrays: NumPy, C-contiguous, one float dtype."""
+    """Whether the compiled loops take these arrays: NumPy, C-contiguous, all float32 or all float64."""
     first = arrays[0]
-    if not _enabled or type(first) is not np.ndarray or first.dtype.kind != "f":
+    if not _enabled or type(first) is not np.ndarray or first.dtype not in (np.float32, np.float64):
         return False
     return all([type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == first.dtype for a in arrays])
 
