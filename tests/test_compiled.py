@@ -48,6 +48,10 @@ def _train(cls: type[optim.Adam], dtype: type, on: bool, weight_decay: float, st
 def test_compiled_adam_follows_the_numpy_update(
     numba_on: None, cls: type[optim.Adam], dtype: type, tol: float, weight_decay: float
 ) -> None:
+    # the compiled loop takes these arrays (so the comparison below is not NumPy against itself)
+    p, g, m, v = (np.ones((3, 4), dtype) for _ in range(4))
+    hyper = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": weight_decay}
+    assert compiled.adam_update(p, g, m, v, **hyper, decoupled=cls.decoupled, step=1)
     fast, reference = _train(cls, dtype, True, weight_decay), _train(cls, dtype, False, weight_decay)
     for a, b in zip(fast, reference):
         assert a.dtype == b.dtype == dtype
@@ -87,6 +91,7 @@ def test_switched_off_the_loops_do_nothing() -> None:
 def test_transpose_into_equals_numpy(numba_on: None, shape: tuple[int, int], dtype: type) -> None:
     a = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     out = np.empty(shape[::-1], dtype)
+    assert compiled._takes(out, a)  # the tiled loop runs, not NumPy's copy
     compiled.transpose_into(out, a)
     np.testing.assert_array_equal(out, a.T)
     # a strided source goes through NumPy's copy, with the same result
