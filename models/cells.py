@@ -126,6 +126,9 @@ class Sequence:
             self.cs[0] = cell_state
             self.tcs = workspace.empty((steps, batch, hidden), dtype, xp)  # tanh(c_t), reused by backward
         self.work = workspace.empty((batch, width), dtype, xp)  # the recurrent GEMM's product, per step
+        # whether back_through_w_hh takes the transposed product: B <= 32 and W_hh (G*H x H) of 32K
+        # elements or more, on the CPU
+        self.transposed_backward = not self.gpu and batch <= 32 and width * hidden >= 32768
         self.d_pre: Any = None  # (T, B, G*H) pre-activation gradients, made by the first step walked
         self.scratch: Any = None
         self._w_t: Any = None
@@ -142,15 +145,11 @@ class Sequence:
         if w is None:
             w = self._w_t = self.xp.empty(w_hh.T.shape, dtype=w_hh.dtype)  # a copy even where w_hh.T is C-ordered
             compiled.transpose_into(w, w_hh)
-        if t == self.steps - 1 and not self._transposed_backward(w_hh):
+        if t == self.steps - 1 and not self.transposed_backward:
             self._w_t = None  # backward multiplies by W_hh itself
         return w
 
     # --- backward ---
-    def _transposed_backward(self, w_hh: Any) -> bool:
-        """Whether back_through_w_hh takes the transposed form (see there)."""
-        return not self.gpu and self.batch <= 32 and w_hh.size >= 32768
-
     def back_through_w_hh(self, d: Any, w_hh: Any) -> Any:
         """d W_hh, (B, G*H) -> (B, H): the recurrent part of dL/dh_{t-1}.
 
@@ -158,7 +157,7 @@ class Sequence:
         view: OpenBLAS splits that product over its two threads better (measured on a 2-core x86, B
         = 32: 17-30% faster for H = 128 to 512; slower at B = 64, and for a smaller W_hh).
         """
-        if not self._transposed_backward(w_hh):
+        if not self.transposed_backward:
             return d @ w_hh
         w_t = self._w_t if self._w_t is not None else w_hh.T  # W_hh^T row-major, kept from forward
         out = np.empty((self.hidden, self.batch), dtype=self.dtype)
@@ -428,11 +427,9 @@ class GRUSequence(Sequence):
         shape = (self.steps, self.batch, hidden if not self.gpu else 3 * hidden)
         self.rec = workspace.empty(shape, self.dtype, self.xp)
         self.d_rec: Any = None
-
-    def _transposed_backward(self, w_hh: Any) -> bool:
         # the step adds its direct part into dL/dh_{t-1}; into a transposed view that add cost more
         # than the transposed GEMM saved (M GRU: 0.6-1.9 ms a training step slower)
-        return False
+        self.transposed_backward = False
 
     def rec_grad_buffer(self, t: int, overwrite: bool) -> Any:
         if self.d_rec is None:

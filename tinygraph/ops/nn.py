@@ -125,16 +125,25 @@ class Embedding(Op):
 
     def forward(self, w: Any) -> Any:
         self.w_shape = w.shape
-        _check_ids(self.ids, w.shape[0], "embedding id")
-        xp = get_array_module(w)
-        self.ids = xp.asarray(self.ids)
-        if xp is not np:
-            return w[self.ids]
-        out = workspace.empty((*self.ids.shape, w.shape[1]), w.dtype)
-        return np.take(w, self.ids, axis=0, out=out, mode="clip")  # the ids are checked: no wrapping
+        self.ids = _checked_ids(self.ids, w)
+        return _pick_rows(w, self.ids)
 
     def backward(self, gy: Any) -> Any:
         return _sum_rows_by_id(self.ids, gy, self.w_shape[0])
+
+
+def _checked_ids(ids: Any, table: Any) -> Any:
+    """ids checked against the rows of ``table`` and moved to its device."""
+    _check_ids(ids, table.shape[0], "embedding id")
+    return get_array_module(table).asarray(ids)
+
+
+def _pick_rows(table: Any, ids: Any) -> Any:
+    """table[ids]; on the CPU into a workspace array (the next training step finds it again)."""
+    if get_array_module(table) is not np:
+        return table[ids]
+    out = workspace.empty((*ids.shape, table.shape[1]), table.dtype)
+    return np.take(table, ids, axis=0, out=out, mode="clip")  # the ids are checked: no wrapping
 
 
 def _sum_rows_by_id(ids: Any, gy: Any, vocab: int) -> Any:
@@ -168,17 +177,12 @@ class EmbeddingLinear(Op):
         self.ids = ids
 
     def forward(self, weight: Any, w: Any, b: Any = None) -> Any:
-        _check_ids(self.ids, weight.shape[0], "embedding id")
-        xp = get_array_module(weight)
-        self.ids = xp.asarray(self.ids)
+        self.ids = _checked_ids(self.ids, weight)
         self.weight, self.w, self.has_bias = weight, w, b is not None
         table = weight @ w.T
         if b is not None:
             table += b
-        if xp is not np:
-            return table[self.ids]
-        out = workspace.empty((*self.ids.shape, w.shape[0]), table.dtype)
-        return np.take(table, self.ids, axis=0, out=out, mode="clip")  # the ids are checked: no wrapping
+        return _pick_rows(table, self.ids)
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         d = _sum_rows_by_id(self.ids, gy, self.weight.shape[0])  # dL/d(table), (V, out)
